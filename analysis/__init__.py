@@ -1,0 +1,1 @@
+"""Statistics, figures and README tables about models and their quantization."""

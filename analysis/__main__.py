@@ -1,0 +1,47 @@
+"""``python -m analysis outliers|readme``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from trdq import shapes
+from trdq.eval.runner import write_json
+
+log = logging.getLogger("analysis")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis")
+    sub = parser.add_subparsers(dest="command", required=True)
+    out = sub.add_parser("outliers", help="activation outlier statistics per layer and step")
+    out.add_argument("--model", default="shapes-t2i")
+    out.add_argument("--num-prompts", type=int, default=16)
+    out.add_argument("--steps", type=int, default=20)
+    out.add_argument("--guidance", type=float, default=4.5)
+    out.add_argument("--seed", type=int, default=0)
+    out.add_argument("--json", type=Path, required=True)
+    sub.add_parser("readme", help="rewrite the README's tables from assets/results/*.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+
+    if args.command == "outliers":
+        from analysis.outliers import collect
+        from trdq.models.loader import load_model
+
+        prompts = [s.caption for s in shapes.sample_scenes(args.num_prompts, seed=args.seed)]
+        records = collect(load_model(args.model), prompts, seed=args.seed, steps=args.steps,
+                          guidance=args.guidance)
+        write_json(records, args.json)
+        log.info("%d records -> %s", len(records), args.json)
+    else:
+        from analysis.readme import update
+
+        log.info("tables rewritten: %s", ", ".join(update()) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

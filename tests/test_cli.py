@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from trdq.cli import main
+
+
+def test_generate_writes_an_image_and_warns_on_unknown_words(tmp_path, caplog):
+    out = tmp_path / "img.png"
+    assert main(["generate", "--prompt", "a small red dragon on the left", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert np.asarray(Image.open(out)).shape == (64, 64, 3)
+    assert "dragon" in caplog.text
+
+
+def test_eval_writes_records(tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--num-prompts", "4", "--steps", "2", "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    for key in ("method", "bits", "adherence", "shapes_fd", "acc_size", "acc_color", "acc_shape",
+                "acc_position", "num_prompts"):
+        assert key in record
+    assert record["num_prompts"] == 4 and 0 <= record["adherence"] <= 1
+
+
+def test_eval_rejects_a_bad_prompts_file_before_writing_anything(tmp_path, caplog):
+    prompts, out = tmp_path / "p.txt", tmp_path / "eval.json"
+    prompts.write_text("a large blue star at the top\na large blue moon at the top\n")
+    assert main(["eval", "--prompts-file", str(prompts), "--json", str(out)]) == 2
+    assert "line 2" in caplog.text and "a large blue moon at the top" in caplog.text
+    assert not out.exists()
+
+
+def test_eval_rejects_models_outside_the_shapes_world(tmp_path, shapes_t2i, caplog):
+    shapes_t2i.pipe.save_pretrained(tmp_path / "plain")
+    assert main(["eval", "--model", str(tmp_path / "plain"), "--num-prompts", "2",
+                 "--json", str(tmp_path / "e.json")]) == 2
+    assert "not a shapes-world model" in caplog.text

@@ -1,0 +1,7 @@
+"""``python -m trdq``: see :mod:`trdq.cli`."""
+
+import sys
+
+from trdq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation in the shapes world: the detector, the metrics, and the runner behind ``eval``."""

@@ -1,0 +1,101 @@
+"""One loader for every model the tool accepts: an embedded name, a local folder, or a hub id.
+
+Embedded models live under ``assets/`` and load with the network off. A local folder is any
+diffusers pipeline saved with ``save_pretrained``. A hub id (e.g. ``PixArt-alpha/PixArt-XL-2-512x512``)
+is resolved by diffusers from the local Hugging Face cache, or downloaded where the network allows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+EMBEDDED = {"shapes-t2i": ASSETS / "shapes-t2i"}
+SETTINGS_FILE = "trdq_model.json"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Sampling defaults a model folder may carry in ``trdq_model.json``.
+
+    Attributes:
+        world: the caption world its prompts come from ("shapes" for the embedded models), or None.
+        max_sequence_length: tokens of the text encoder's input; captions longer are truncated.
+        steps: default number of sampling steps.
+        guidance: default classifier-free guidance scale.
+    """
+
+    world: str | None = None
+    max_sequence_length: int = 120
+    steps: int = 20
+    guidance: float = 4.5
+
+
+@dataclass
+class LoadedModel:
+    """A diffusers pipeline with the name it was loaded by and its sampling defaults."""
+
+    name: str
+    pipe: DiffusionPipeline
+    settings: ModelSettings
+
+
+def resolve(model: str) -> str:
+    """Map a ``--model`` value to what ``from_pretrained`` takes; checks embedded assets exist."""
+    if model in EMBEDDED:
+        path = EMBEDDED[model]
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"the embedded model {model!r} is missing from {path}; restore assets/ from the "
+                "repository (git checkout -- assets) or retrain it (see README, 'Retraining')."
+            )
+        return str(path)
+    if os.path.isdir(model):
+        if not os.path.exists(os.path.join(model, "model_index.json")):
+            raise ValueError(
+                f"{model!r} is a folder but not a diffusers pipeline (no model_index.json); "
+                "save one with pipe.save_pretrained(folder)."
+            )
+        return model
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        return model  # a hub id
+    raise ValueError(
+        f"unknown model {model!r}: use one of {sorted(EMBEDDED)}, a local diffusers folder, "
+        "or a hub id such as PixArt-alpha/PixArt-XL-2-512x512."
+    )
+
+
+def load_model(model: str = "shapes-t2i", device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a diffusers pipeline by embedded name, local folder or hub id.
+
+    Args:
+        model: ``"shapes-t2i"``, a folder holding ``model_index.json``, or a hub id.
+        device: where to put the pipeline.
+        dtype: parameter dtype.
+
+    Returns:
+        The pipeline with its sampling defaults.
+    """
+    source = resolve(model)
+    local = os.path.isdir(source)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local)
+    except OSError as err:
+        raise OSError(
+            f"could not load {model!r}: {err}. A hub id needs the network or a copy in the local "
+            "Hugging Face cache; download it once elsewhere and pass its folder instead."
+        ) from err
+    pipe.set_progress_bar_config(disable=True)
+    settings_path = Path(source) / SETTINGS_FILE
+    settings = ModelSettings(**json.loads(settings_path.read_text())) if settings_path.exists() else ModelSettings()
+    return LoadedModel(name=model, pipe=pipe.to(device), settings=settings)
