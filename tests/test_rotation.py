@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from trdq import rotation as R
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 12, 20, 28, 36, 64, 72, 96, 192, 1152, 5120])
+def test_hadamard_is_orthonormal_with_equal_magnitudes(n):
+    h = R.hadamard(n)
+    assert torch.allclose(h @ h.T, torch.eye(n, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(h.abs(), torch.full_like(h, n**-0.5))
+
+
+@pytest.mark.parametrize("n", [3, 10, 100, 0])
+def test_impossible_hadamard_orders_raise_with_advice(n):
+    with pytest.raises(ValueError, match="blocks"):
+        R.hadamard(n)
+
+
+def test_random_signs_remove_the_all_ones_row():
+    n = 64
+    x = torch.randn(256, n, dtype=torch.float64) + 5.0  # tokens with a large common mean
+    plain = (x @ R.hadamard(n)).abs().amax(0)
+    signed = (x @ R.random_hadamard(n, seed=0)).abs().amax(0)
+    assert plain.max() / plain.median() > 5 * signed.max() / signed.median()
+
+
+def test_rotation_preserves_the_linear_layer_output():
+    x = torch.randn(10, 192, dtype=torch.float64)
+    w = torch.randn(32, 192, dtype=torch.float64)
+    r = R.random_hadamard(192, seed=3)
+    assert torch.allclose((x @ r) @ (w @ r).T, x @ w.T, atol=1e-9)
+
+
+@pytest.mark.parametrize("n,block", [(64, 16), (72, 32), (96, 64)])
+def test_greedy_block_rotation_is_orthogonal_and_flattens_outliers(n, block):
+    m = torch.rand(n, dtype=torch.float64) + 0.5
+    m[[3, 40]] = 50.0
+    blocks = R.greedy_block_rotation(m, block)
+    assert [b.shape[0] for b in blocks] == R.block_sizes(n, block)
+    rot = R.block_diag(blocks)
+    assert torch.allclose(rot @ rot.T, torch.eye(n, dtype=torch.float64), atol=1e-10)
+    assert (m @ rot).abs().max() < 0.5 * m.max()
+
+
+def test_zigzag_spreads_the_largest_channels_over_all_blocks():
+    m = torch.arange(64, dtype=torch.float64)  # channel 63 is the largest
+    perm = R.zigzag_permutation(m, 16)
+    assert sorted(perm.tolist()) == list(range(64))
+    top_blocks = {perm.tolist().index(c) // 16 for c in (63, 62, 61, 60)}
+    assert top_blocks == {0, 1, 2, 3}
+    sums = m[perm].view(4, 16).sum(1)
+    assert sums.max() - sums.min() <= 16
+    x = torch.randn(3, 64, dtype=torch.float64)
+    assert torch.equal(x @ R.permutation_matrix(perm), x[:, perm])
+
+
+def test_zigzag_handles_a_remainder_block():
+    perm = R.zigzag_permutation(torch.rand(40, dtype=torch.float64), 16)
+    assert sorted(perm.tolist()) == list(range(40))

@@ -1,0 +1,194 @@
+"""Orthogonal transforms that flatten outlier channels (METHOD.md section 6); pure maths.
+
+- :func:`hadamard`: normalised Hadamard matrices of order ``2^k * m`` for ``m`` in 1, 2 and the
+  orders that Paley's constructions give (12, 20, 28, 36, ...), e.g. 1152 = 36 x 32 and 192 = 12 x 16.
+- :func:`random_hadamard`: QuaRot's randomised Hadamard ``diag(signs) H``.
+- :func:`greedy_block_rotation`: DuQuant-style block rotation fitted to per-channel abs-maxima.
+- :func:`zigzag_permutation`: deals channels to blocks so each block gets a similar share of outliers.
+
+All matrices are float64 and orthogonal: ``x @ R`` rotates activations (tokens, C) and
+``w @ R`` the matching weights (C_out, C), so ``(x R)(w R)^T = x w^T``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+DTYPE = torch.float64
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _jacobsthal(q: int) -> torch.Tensor:
+    """Q[i, j] = Legendre symbol of (j - i) mod q, for a prime q."""
+    squares = {(x * x) % q for x in range(1, q)}
+    chi = torch.tensor([0] + [1 if a in squares else -1 for a in range(1, q)], dtype=DTYPE)
+    idx = (torch.arange(q)[None, :] - torch.arange(q)[:, None]) % q
+    return chi[idx]
+
+
+def _paley(order: int) -> torch.Tensor | None:
+    """An unnormalised Hadamard matrix of ``order`` from Paley I or II, or None."""
+    q = order - 1
+    if _is_prime(q) and q % 4 == 3:  # Paley I: H = I + [[0, 1^T], [-1, Q]]
+        s = torch.zeros(order, order, dtype=DTYPE)
+        s[0, 1:], s[1:, 0], s[1:, 1:] = 1, -1, _jacobsthal(q)
+        return torch.eye(order, dtype=DTYPE) + s
+    q = order // 2 - 1
+    if order % 2 == 0 and _is_prime(q) and q % 4 == 1:  # Paley II from a symmetric conference matrix
+        c = torch.zeros(order // 2, order // 2, dtype=DTYPE)
+        c[0, 1:], c[1:, 0], c[1:, 1:] = 1, 1, _jacobsthal(q)
+        one = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=DTYPE)
+        zero = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=DTYPE)
+        return torch.kron(c, one) + torch.kron(torch.eye(order // 2, dtype=DTYPE), zero)
+    return None
+
+
+def _sylvester(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1, dtype=DTYPE)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def hadamard_factors(n: int) -> tuple[int, int] | None:
+    """``(m, 2^k)`` with ``n = m * 2^k`` and a constructible order-``m`` Hadamard, or None."""
+    if n < 1:
+        return None
+    power = n & -n  # largest power of two dividing n
+    for k_pow in [power >> i for i in range(power.bit_length())]:  # prefer a small odd part
+        m = n // k_pow
+        if m in (1, 2) or _paley(m) is not None:
+            return m, k_pow
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def hadamard(n: int) -> torch.Tensor:
+    """Orthonormal Hadamard matrix of order ``n`` (float64, ``H @ H.T = I``).
+
+    Raises:
+        ValueError: if ``n`` is not ``2^k`` times 1, 2 or a Paley order; the message says which
+            widths work and suggests a block size.
+    """
+    factors = hadamard_factors(n)
+    if factors is None:
+        raise ValueError(
+            f"no Hadamard matrix of order {n} can be built here (orders 2^k times 1, 12, 20, 28, 36, "
+            "... work); rotate in blocks whose size divides the width, or use the DuQuant rotation."
+        )
+    m, k_pow = factors
+    base = _sylvester(m) if m in (1, 2) else _paley(m)
+    return torch.kron(base, _sylvester(k_pow)) / n**0.5
+
+
+def random_signs(n: int, seed: int) -> torch.Tensor:
+    """A seeded vector of +-1 (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (n,), generator=gen).to(DTYPE) * 2 - 1
+
+
+def random_hadamard(n: int, seed: int = 0) -> torch.Tensor:
+    """QuaRot's randomised Hadamard ``diag(signs) @ H``: random signs first, so the all-ones row
+    of ``H`` no longer gathers every token's mean into one channel."""
+    return random_signs(n, seed)[:, None] * hadamard(n)
+
+
+def block_sizes(n: int, block_size: int) -> list[int]:
+    """Split ``n`` channels into blocks of ``block_size`` and one smaller remainder block."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    full, rest = divmod(n, block_size)
+    return [block_size] * full + ([rest] if rest else [])
+
+
+def block_diag(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Dense block-diagonal matrix from square blocks."""
+    return torch.block_diag(*blocks)
+
+
+def _spread_reflection(d: int, signs: torch.Tensor) -> torch.Tensor:
+    """Householder reflection H (symmetric, orthogonal) with row d equal to ``signs / sqrt(b)``.
+
+    ``x @ H`` moves whatever sits in channel d evenly onto all b channels of the block.
+    """
+    b = len(signs)
+    u = signs / b**0.5
+    v = -u
+    v[d] += 1.0
+    norm = v.norm()
+    if norm < 1e-12:  # channel d is already spread
+        return torch.eye(b, dtype=DTYPE)
+    v = v / norm
+    return torch.eye(b, dtype=DTYPE) - 2 * torch.outer(v, v)
+
+
+def greedy_block_rotation(absmax: torch.Tensor, block_size: int, max_steps: int = 8,
+                          seed: int = 0) -> list[torch.Tensor]:
+    """DuQuant-style rotation of each block, fitted to per-channel input abs-maxima.
+
+    In every block, repeatedly take the channel with the largest remaining magnitude and apply a
+    reflection that spreads it evenly over the block; keep the prefix of steps whose result has
+    the smallest maximum.
+
+    Args:
+        absmax: (C,) per-channel abs-max of the (smoothed) activations.
+        block_size: channels per block (the last block takes the remainder).
+        max_steps: greedy steps per block.
+        seed: for the random signs of each spreading direction.
+
+    Returns:
+        Orthogonal blocks, (b, b) each, in channel order.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    blocks, start = [], 0
+    for b in block_sizes(absmax.numel(), block_size):
+        v = absmax[start:start + b].to(DTYPE).clone()
+        rot, best, best_max = torch.eye(b, dtype=DTYPE), torch.eye(b, dtype=DTYPE), v.abs().max()
+        for _ in range(max_steps if b > 1 else 0):
+            d = int(v.abs().argmax())
+            signs = torch.randint(0, 2, (b,), generator=gen).to(DTYPE) * 2 - 1
+            step = _spread_reflection(d, signs)
+            v, rot = v @ step, rot @ step
+            if v.abs().max() < best_max:
+                best, best_max = rot.clone(), v.abs().max()
+        blocks.append(best)
+        start += b
+    return blocks
+
+
+def zigzag_permutation(absmax: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Channel order that deals channels, largest first, to blocks in zigzag order.
+
+    Args:
+        absmax: (C,) per-channel magnitudes.
+        block_size: channels per block (as in :func:`block_sizes`).
+
+    Returns:
+        ``perm`` (C,) long: ``x[:, perm]`` puts channel ``perm[i]`` at position i.
+    """
+    sizes = block_sizes(absmax.numel(), block_size)
+    order = torch.argsort(absmax, descending=True).tolist()
+    slots: list[list[int]] = [[] for _ in sizes]
+    forward, i = True, 0
+    for ch in order:
+        while len(slots[i]) >= sizes[i]:  # skip full blocks (the remainder block fills first)
+            i, forward = _next(i, forward, len(sizes))
+        slots[i].append(ch)
+        i, forward = _next(i, forward, len(sizes))
+    return torch.tensor([c for slot in slots for c in slot], dtype=torch.long)
+
+
+def _next(i: int, forward: bool, n: int) -> tuple[int, bool]:
+    if forward:
+        return (i + 1, True) if i + 1 < n else (i, False)
+    return (i - 1, False) if i > 0 else (i, True)
+
+
+def permutation_matrix(perm: torch.Tensor) -> torch.Tensor:
+    """P with ``x @ P == x[:, perm]``."""
+    return torch.eye(len(perm), dtype=DTYPE)[:, perm]
