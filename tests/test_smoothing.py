@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from trdq import quantizer as Q
+from trdq.smoothing import output_error, search_alpha, smoothing_factors
+
+
+def _layer(outlier_scale=30.0):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=gen, dtype=torch.float64)
+    x[:, [7, 21]] *= outlier_scale  # massive activation channels
+    w = torch.randn(32, 64, generator=gen, dtype=torch.float64) * 0.1
+    return x, w
+
+
+def test_smoothing_is_exact_in_full_precision():
+    x, w = _layer()
+    s = smoothing_factors(x.abs().amax(0), w.abs().amax(0), 0.5)
+    assert torch.allclose((x / s) @ (w * s).T, x @ w.T, atol=1e-9)
+
+
+def test_alpha_one_flattens_activation_channels():
+    x, w = _layer()
+    s = smoothing_factors(x.abs().amax(0), w.abs().amax(0), 1.0)
+    m = (x / s).abs().amax(0)
+    assert torch.allclose(m, torch.ones_like(m))
+
+
+def test_dead_channels_are_left_alone_and_bad_alpha_rejected():
+    s = smoothing_factors(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]), 0.5)
+    assert torch.equal(s, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        smoothing_factors(torch.ones(2), torch.ones(2), -0.1)
+
+
+def test_search_beats_no_smoothing_on_outlier_activations():
+    x, w = _layer()
+
+    def w8a4(xs, ws):
+        return Q.fake_quant_per_token(xs, 4), Q.fake_quant_weight(ws, 8)
+
+    plain = output_error(x, w, *w8a4(x, w))
+    alpha, err = search_alpha(x, w, x.abs().amax(0), (0.0, 0.25, 0.5, 0.75), w8a4)
+    assert alpha > 0 and err < 0.5 * plain

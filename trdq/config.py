@@ -1,0 +1,135 @@
+"""Frozen, validated configuration of a quantization run (METHOD.md sections 3-8 and 12).
+
+Invalid values raise ``ValueError`` with the fix in the message. Strings from the command line or
+the app become these objects at the boundary (see :func:`parse_bits`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from trdq.quantizer import check_bits
+
+METHODS = ("rtn", "smoothquant", "quarot", "duquant", "viditq", "trdq")
+ROTATIONS = ("none", "hadamard", "duquant")
+DEPLOYMENTS = ("per_group_weights", "online")
+DEFAULT_ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """``"w4a8"`` -> ``(4, 8)``; raises ``ValueError`` naming the expected form."""
+    match = re.fullmatch(r"w(\d+)a(\d+)", text.strip().lower())
+    if match is None:
+        raise ValueError(f"bit setting {text!r} is not of the form WxAy, e.g. w8a8, w4a8, w4a4")
+    w, a = int(match.group(1)), int(match.group(2))
+    return check_bits(w, "weight bits"), check_bits(a, "activation bits")
+
+
+@dataclass(frozen=True)
+class TimeGroups:
+    """Contiguous groups of sampling steps, each with its own quantization parameters.
+
+    Attributes:
+        num_groups: split the steps into this many near-equal groups (ignored with ``boundaries``).
+        boundaries: explicit first step of every group, starting at 0 and increasing,
+            e.g. ``(0, 5, 10, 15)`` for four groups of a 20-step sampler.
+    """
+
+    num_groups: int = 1
+    boundaries: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.boundaries is not None:
+            b = tuple(int(s) for s in self.boundaries)
+            object.__setattr__(self, "boundaries", b)
+            if not b or b[0] != 0:
+                raise ValueError(f"time-group boundaries must start at step 0, got {b}: "
+                                 "every step needs a group")
+            if any(y <= x for x, y in zip(b, b[1:])):
+                raise ValueError(f"time-group boundaries must strictly increase, got {b}")
+            object.__setattr__(self, "num_groups", len(b))
+        elif not isinstance(self.num_groups, int) or self.num_groups < 1:
+            raise ValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
+
+    def step_to_group(self, num_steps: int) -> list[int]:
+        """Group index of every step of a ``num_steps``-step sampler.
+
+        Raises:
+            ValueError: with more groups than steps, or boundaries past the last step.
+        """
+        if self.num_groups > num_steps:
+            raise ValueError(f"{self.num_groups} time groups cannot split {num_steps} sampling steps; "
+                             f"use at most {num_steps} groups or sample with more steps")
+        if self.boundaries is None:
+            return [step * self.num_groups // num_steps for step in range(num_steps)]
+        if self.boundaries[-1] >= num_steps:
+            raise ValueError(f"time-group boundaries {self.boundaries} do not fit {num_steps} steps: "
+                             f"every boundary must be below {num_steps}")
+        return [sum(step >= b for b in self.boundaries) - 1 for step in range(num_steps)]
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how.
+
+    Attributes:
+        method: one of :data:`METHODS`; ``trdq`` is the paper's method, the rest are baselines.
+        w_bits, a_bits: weight and activation bit widths, 2..8.
+        w_group_size: input channels per weight quantization group (None: one per output channel).
+        a_symmetric: symmetric per-token activation grid (default asymmetric).
+        time_groups: how sampling steps are grouped (TR-DQ and ViDiT-Q-style use them).
+        alpha: smoothing strength for every group; None searches alpha_g per group over
+            ``alpha_grid``.
+        rotation: ``duquant`` (R1 P R2), ``hadamard`` (randomised) or ``none``.
+        block_size: rotation block size (clipped to the layer width).
+        rotation_steps: greedy steps per block of the DuQuant rotation.
+        select_transforms: per layer and group, keep only the transforms (smoothing, rotation)
+            that lower the calibration output error.
+        include, exclude: fnmatch patterns over module names of the transformer.
+        deployment: ``per_group_weights`` (one quantized weight copy per group) or ``online``
+            (one copy; time-dependent transforms applied to activations at run time).
+        seed: seed of the random signs and rotations.
+    """
+
+    method: str = "trdq"
+    w_bits: int = 8
+    a_bits: int = 8
+    w_group_size: int | None = None
+    a_symmetric: bool = False
+    time_groups: TimeGroups = field(default_factory=TimeGroups)
+    alpha: float | None = None
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    rotation: str = "duquant"
+    block_size: int = 128
+    rotation_steps: int = 8
+    select_transforms: bool = True
+    include: tuple[str, ...] = ("*transformer_blocks.*",)
+    exclude: tuple[str, ...] = ()
+    deployment: str = "per_group_weights"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        check_bits(self.w_bits, "w_bits")
+        check_bits(self.a_bits, "a_bits")
+        if self.rotation not in ROTATIONS:
+            raise ValueError(f"unknown rotation {self.rotation!r}; choose one of {', '.join(ROTATIONS)}")
+        if self.deployment not in DEPLOYMENTS:
+            raise ValueError(f"unknown deployment {self.deployment!r}; choose one of {', '.join(DEPLOYMENTS)}")
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not self.alpha_grid or any(not 0.0 <= a <= 1.0 for a in self.alpha_grid):
+            raise ValueError(f"alpha_grid must be a non-empty tuple of values in [0, 1], got {self.alpha_grid}")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2, got {self.block_size}")
+        if self.w_group_size is not None and self.w_group_size < 1:
+            raise ValueError(f"w_group_size must be positive or None, got {self.w_group_size}")
+        if isinstance(self.include, str) or isinstance(self.exclude, str):
+            raise ValueError("include/exclude take a tuple of patterns, e.g. include=('*attn1*',)")
+
+    @property
+    def bits(self) -> str:
+        """The WxAy label, e.g. ``w4a8``."""
+        return f"w{self.w_bits}a{self.a_bits}"
