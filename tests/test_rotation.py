@@ -58,3 +58,9 @@ def test_zigzag_spreads_the_largest_channels_over_all_blocks():
 def test_zigzag_handles_a_remainder_block():
     perm = R.zigzag_permutation(torch.rand(40, dtype=torch.float64), 16)
     assert sorted(perm.tolist()) == list(range(40))
+
+
+@pytest.mark.parametrize("n", [192, 100, 15, 1])
+def test_random_hadamard_any_is_orthogonal_for_every_width(n):
+    r = R.random_hadamard_any(n, seed=2)
+    assert torch.allclose(r @ r.T, torch.eye(n, dtype=torch.float64), atol=1e-10)

@@ -98,6 +98,28 @@ def random_hadamard(n: int, seed: int = 0) -> torch.Tensor:
     return random_signs(n, seed)[:, None] * hadamard(n)
 
 
+def random_orthogonal(n: int, seed: int = 0) -> torch.Tensor:
+    """A seeded Haar-random orthogonal matrix (QR of a Gaussian matrix, signs fixed)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DTYPE))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def random_hadamard_any(n: int, seed: int = 0) -> torch.Tensor:
+    """Randomised Hadamard for any width ``n``.
+
+    A full Hadamard where one can be built; otherwise block-diagonal randomised Hadamards of the
+    largest buildable order that divides ``n``; for odd ``n`` (no Hadamard block above 1 exists)
+    a random orthogonal matrix.
+    """
+    if hadamard_factors(n) is not None:
+        return random_hadamard(n, seed)
+    block = max((b for b in range(2, n // 2 + 1) if n % b == 0 and hadamard_factors(b)), default=None)
+    if block is None:
+        return random_orthogonal(n, seed)
+    return block_diag([random_hadamard(block, seed + i) for i in range(n // block)])
+
+
 def block_sizes(n: int, block_size: int) -> list[int]:
     """Split ``n`` channels into blocks of ``block_size`` and one smaller remainder block."""
     if block_size < 1:

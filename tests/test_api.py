@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from trdq.api import calibrate, convert, prepare, quantize
+from trdq.config import QuantConfig, TimeGroups
+from trdq.eval.metrics import psnr
+from trdq.generate import generate_images
+from trdq.layers import QuantLinear
+
+PROMPTS = ["a large red circle in the center", "a small blue star on the left"]
+
+
+def _images(model):
+    return generate_images(model, PROMPTS, [0, 1], steps=4)
+
+
+@pytest.mark.parametrize("method", ["rtn", "smoothquant", "quarot", "duquant", "viditq", "trdq"])
+def test_every_method_quantizes_at_w8a8_close_to_fp(tiny_pixart_72, method):
+    config = QuantConfig(method=method, time_groups=TimeGroups(2), block_size=32)
+    fp = _images(tiny_pixart_72)
+    q = quantize(tiny_pixart_72, config, PROMPTS, steps=4)
+    layers = [m for m in q.pipe.transformer.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 2 * 10  # 2 blocks x (q, k, v, out) x 2 attentions + 2 feed-forward
+    assert psnr(_images(q), fp).mean() > 25
+
+
+def test_quantize_is_non_destructive(tiny_pixart):
+    before = _images(tiny_pixart)
+    quantize(tiny_pixart, QuantConfig(w_bits=4, a_bits=4), PROMPTS, steps=4)
+    assert not any(isinstance(m, QuantLinear) for m in tiny_pixart.pipe.transformer.modules())
+    assert np.array_equal(_images(tiny_pixart), before)
+
+
+def test_time_groups_get_their_own_transforms(tiny_pixart):
+    q = quantize(tiny_pixart, QuantConfig(w_bits=4, a_bits=4, time_groups=TimeGroups(4)), PROMPTS, steps=4)
+    layer = next(m for m in q.pipe.transformer.modules() if isinstance(m, QuantLinear))
+    assert layer.num_groups == 4
+
+
+def test_convert_before_calibrate_is_a_clear_error(tiny_pixart):
+    with pytest.raises(RuntimeError, match="calibrate"):
+        convert(prepare(tiny_pixart, QuantConfig()))
+
+
+def test_patterns_that_match_nothing_are_rejected(tiny_pixart):
+    with pytest.raises(ValueError, match="match no nn.Linear"):
+        prepare(tiny_pixart, QuantConfig(include=("*no_such_layer*",)))
+
+
+def test_more_groups_than_steps_is_rejected(tiny_pixart):
+    with pytest.raises(ValueError, match="at most 4 groups"):
+        calibrate(prepare(tiny_pixart, QuantConfig(time_groups=TimeGroups(8))), PROMPTS, steps=4)
+
+
+def test_non_finite_calibration_activations_are_rejected(tiny_pixart):
+    prepared = prepare(tiny_pixart, QuantConfig())
+    name, layer = next(iter(prepared.layers.items()))
+    handle = layer.register_forward_pre_hook(lambda m, args: (args[0] * float("nan"),))
+    try:
+        with pytest.raises(ValueError, match="NaN/Inf"):
+            calibrate(prepared, PROMPTS, steps=4)
+    finally:
+        handle.remove()

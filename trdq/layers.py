@@ -1,0 +1,101 @@
+"""The simulated quantized linear layer with per-time-group transforms (METHOD.md sections 5-6).
+
+For time group g, with smoothing factors ``s_g`` (``Delta_g = diag(s_g)``) and an orthogonal
+rotation ``R_g`` (``R1_g P_g R2_g`` or a randomised Hadamard),
+
+    Y = [X Delta_g^-1 R_g] [W Delta_g R_g]^T + b,
+
+both brackets quantized: the weight bracket once per group (per output channel), the activation
+bracket per token at every call. Quantization is simulated in floating point ("fake quant"):
+the numerics are the method's, the speed and memory are not (see the real integer path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trdq import quantizer
+from trdq.timegroups import GroupState
+
+EXECUTION = "simulated"
+
+
+@dataclass(frozen=True)
+class GroupTransform:
+    """The transforms of one layer in one time group; None means "not applied".
+
+    Attributes:
+        delta: (C_in,) smoothing factors ``s``.
+        rotation: (C_in, C_in) orthogonal matrix applied after smoothing.
+        alpha: the smoothing strength that produced ``delta``.
+    """
+
+    delta: torch.Tensor | None = None
+    rotation: torch.Tensor | None = None
+    alpha: float | None = None
+
+    @property
+    def kind(self) -> str:
+        return {(False, False): "none", (True, False): "smooth", (False, True): "rotate",
+                (True, True): "both"}[(self.delta is not None, self.rotation is not None)]
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``W Delta R`` in float64, (C_out, C_in)."""
+        w = w.double()
+        if self.delta is not None:
+            w = w * self.delta.double()
+        return w @ self.rotation.double() if self.rotation is not None else w
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """``X Delta^-1 R`` in ``x``'s dtype, (..., C_in)."""
+        if self.delta is not None:
+            x = x / self.delta.to(x.dtype)
+        return x @ self.rotation.to(x.dtype) if self.rotation is not None else x
+
+
+class QuantLinear(nn.Module):
+    """A drop-in for ``nn.Linear`` that fake-quantizes with the current time group's transforms.
+
+    Build it with :meth:`from_linear`; every instance of one model shares one :class:`GroupState`.
+    """
+
+    def __init__(self, weights_fq: torch.Tensor, bias: torch.Tensor | None, transforms: list[GroupTransform],
+                 a_bits: int, a_symmetric: bool, state: GroupState):
+        super().__init__()
+        self.in_features, self.out_features = weights_fq.shape[-1], weights_fq.shape[-2]
+        self.register_buffer("weights_fq", weights_fq)  # (G, C_out, C_in), already fake-quantized
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.transforms = transforms
+        self.a_bits, self.a_symmetric = quantizer.check_bits(a_bits, "a_bits"), a_symmetric
+        self.state = state
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, transforms: list[GroupTransform], w_bits: int, a_bits: int,
+                    state: GroupState, w_group_size: int | None = None, a_symmetric: bool = False) -> QuantLinear:
+        """Quantize ``linear``'s weight once per group, under that group's transforms."""
+        w = linear.weight.detach()
+        fq = torch.stack([
+            quantizer.fake_quant_weight(t.weight(w), w_bits, symmetric=True, group_size=w_group_size)
+            for t in transforms
+        ]).to(w.dtype)
+        return cls(fq, linear.bias, transforms, a_bits, a_symmetric, state)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.transforms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C_in) -> (..., C_out)
+        g = self.state.group
+        if g >= self.num_groups:
+            raise RuntimeError(f"time group {g} but this layer was calibrated with {self.num_groups} groups")
+        xq = quantizer.fake_quant_per_token(self.transforms[g].activation(x), self.a_bits, self.a_symmetric)
+        return F.linear(xq, self.weights_fq[g], self.bias)
+
+    def extra_repr(self) -> str:
+        kinds = ",".join(t.kind for t in self.transforms)
+        return (f"in={self.in_features}, out={self.out_features}, a_bits={self.a_bits}, "
+                f"groups={self.num_groups} [{kinds}], {EXECUTION}")

@@ -1,0 +1,134 @@
+"""TR-DQ and the baselines as recipes over the same pieces (METHOD.md sections 5, 6 and 12).
+
+A recipe says whether time groups are used, how smoothing is chosen (off, a fixed alpha, or a
+searched alpha_g) and which rotation follows. :func:`fit_layer` turns one layer's weight and its
+calibration statistics into one :class:`~trdq.layers.GroupTransform` per time group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trdq import quantizer
+from trdq import rotation as rot
+from trdq.calibrate import InputObserver
+from trdq.config import QuantConfig
+from trdq.layers import GroupTransform
+from trdq.smoothing import output_error, smoothing_factors
+
+DEFAULT_FIXED_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one method builds its transforms.
+
+    Attributes:
+        time_groups: use the config's time groups (else one group for all steps).
+        smoothing: ``none``, ``fixed`` (config.alpha or 0.5) or ``search`` (alpha_g over the grid).
+        rotation: ``none``, ``hadamard`` or ``duquant``; ``config`` takes ``QuantConfig.rotation``.
+        select: may drop transforms that do not lower the calibration error.
+    """
+
+    time_groups: bool
+    smoothing: str
+    rotation: str
+    select: bool = False
+
+
+RECIPES = {
+    "rtn": Recipe(time_groups=False, smoothing="none", rotation="none"),
+    "smoothquant": Recipe(time_groups=False, smoothing="fixed", rotation="none"),
+    "quarot": Recipe(time_groups=False, smoothing="none", rotation="hadamard"),
+    "duquant": Recipe(time_groups=False, smoothing="fixed", rotation="duquant"),
+    "viditq": Recipe(time_groups=True, smoothing="fixed", rotation="none"),
+    "trdq": Recipe(time_groups=True, smoothing="search", rotation="config", select=True),
+}
+
+
+def recipe_for(config: QuantConfig) -> Recipe:
+    recipe = RECIPES[config.method]
+    if recipe.rotation == "config":
+        recipe = Recipe(recipe.time_groups, recipe.smoothing, config.rotation, config.select_transforms)
+    if recipe.smoothing == "search" and config.alpha is not None:
+        recipe = Recipe(recipe.time_groups, "fixed", recipe.rotation, recipe.select)
+    return recipe
+
+
+def num_groups(config: QuantConfig) -> int:
+    """Time groups the method keeps statistics and weights for."""
+    return config.time_groups.num_groups if recipe_for(config).time_groups else 1
+
+
+def fit_rotation(kind: str, sample: torch.Tensor, absmax: torch.Tensor, block_size: int, steps: int,
+                 seed: int) -> torch.Tensor | None:
+    """The (C_in, C_in) rotation of ``kind`` for (already smoothed) inputs, float64.
+
+    Args:
+        sample: (n, C_in) calibration rows, used to measure channel maxima between R1 and R2.
+        absmax: (C_in,) per-channel abs-max of the inputs.
+    """
+    c_in = absmax.numel()
+    if kind == "none":
+        return None
+    if kind == "hadamard":
+        return rot.random_hadamard_any(c_in, seed)
+    block = min(block_size, c_in)
+    r1 = rot.block_diag(rot.greedy_block_rotation(absmax, block, steps, seed))
+    m1 = (sample.double() @ r1).abs().amax(0) if len(sample) else (absmax.double() @ r1).abs()
+    perm = rot.zigzag_permutation(m1, block)
+    r2 = rot.block_diag(rot.greedy_block_rotation(m1[perm], block, steps, seed + 1))
+    return r1 @ rot.permutation_matrix(perm) @ r2
+
+
+def _error(t: GroupTransform, x: torch.Tensor, w: torch.Tensor, config: QuantConfig) -> float:
+    xq = quantizer.fake_quant_per_token(t.activation(x.double()), config.a_bits, config.a_symmetric)
+    wq = quantizer.fake_quant_weight(t.weight(w), config.w_bits, True, config.w_group_size)
+    return output_error(x, w, xq, wq)
+
+
+def _candidate(alpha: float | None, x: torch.Tensor, absmax: torch.Tensor, w_absmax: torch.Tensor,
+               rotation: str, config: QuantConfig) -> GroupTransform:
+    delta = None if alpha is None else smoothing_factors(absmax, w_absmax, alpha)
+    xs = x.double() if delta is None else x.double() / delta
+    ms = absmax.double() if delta is None else absmax.double() / delta
+    r = fit_rotation(rotation, xs, ms, config.block_size, config.rotation_steps, config.seed)
+    return GroupTransform(delta=delta, rotation=r, alpha=alpha)
+
+
+def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Recipe,
+              config: QuantConfig) -> GroupTransform:
+    """The transform of one layer in one time group.
+
+    Args:
+        w: (C_out, C_in) weight.
+        x: (n, C_in) calibration sample of that group's inputs.
+        absmax: (C_in,) running abs-max of that group's inputs.
+    """
+    w_absmax = w.abs().amax(0)
+    if recipe.smoothing == "none":
+        alphas: list[float | None] = [None]
+    elif recipe.smoothing == "fixed":
+        alphas = [config.alpha if config.alpha is not None else DEFAULT_FIXED_ALPHA]
+    else:
+        alphas = list(config.alpha_grid)
+    candidates = [_candidate(a, x, absmax, w_absmax, recipe.rotation, config) for a in alphas]
+    if recipe.select:  # beyond the paper: a transform that does not pay is not applied
+        candidates += [GroupTransform()]
+        if recipe.rotation != "none":
+            candidates += [_candidate(None, x, absmax, w_absmax, recipe.rotation, config)]
+        if recipe.smoothing != "none":
+            candidates += [_candidate(a, x, absmax, w_absmax, "none", config) for a in alphas]
+    if len(candidates) == 1:
+        return candidates[0]
+    return min(candidates, key=lambda t: _error(t, x, w, config))
+
+
+def fit_layer(w: torch.Tensor, observer: InputObserver, config: QuantConfig) -> list[GroupTransform]:
+    """One transform per time group for a layer, from its calibration statistics."""
+    recipe = recipe_for(config)
+    w = w.detach().double().cpu()
+    return [fit_group(w, observer.sample(g), observer.absmax[g], recipe, config)
+            for g in range(observer.absmax.shape[0])]
