@@ -37,3 +37,11 @@ def test_eval_rejects_models_outside_the_shapes_world(tmp_path, shapes_t2i, capl
     assert main(["eval", "--model", str(tmp_path / "plain"), "--num-prompts", "2",
                  "--json", str(tmp_path / "e.json")]) == 2
     assert "not a shapes-world model" in caplog.text
+
+
+def test_eval_rejects_unknown_methods_and_bits(tmp_path, caplog):
+    out = tmp_path / "e.json"
+    assert main(["eval", "--methods", "fp,gptq", "--json", str(out)]) == 2
+    assert "gptq" in caplog.text
+    assert main(["eval", "--methods", "rtn", "--bits", "w9a8", "--json", str(out)]) == 2
+    assert "2..8" in caplog.text and not out.exists()

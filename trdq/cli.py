@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from trdq import shapes
+from trdq.config import METHODS, ROTATIONS, QuantConfig, TimeGroups, parse_bits
 
 log = logging.getLogger("trdq")
 
@@ -40,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one caption of the shapes grammar per line (default: drawn across the grammar)")
     ev.add_argument("--num-prompts", type=int, default=200,
                     help="prompts drawn evenly across the grammar when no --prompts-file is given")
+    ev.add_argument("--methods", default="fp",
+                    help="comma list of fp and " + ", ".join(METHODS) + " (quantized ones are simulated)")
+    ev.add_argument("--bits", default="w8a8", help="comma list of WxAy settings, e.g. w8a8,w4a8,w4a4")
+    ev.add_argument("--groups", type=int, default=4, help="time groups for trdq and viditq")
+    ev.add_argument("--rotation", default="duquant", choices=ROTATIONS, help="rotation of trdq")
+    ev.add_argument("--alpha", type=float, default=None, help="fixed alpha for every group (default: search)")
+    ev.add_argument("--block-size", type=int, default=64, help="rotation block size")
+    ev.add_argument("--calib-prompts", type=int, default=16, help="calibration prompts (seeds apart from eval)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--json", type=Path, required=True, help="where to write the records")
     return parser
@@ -61,22 +70,49 @@ def cmd_generate(args) -> None:
     log.info("wrote %s", args.out)
 
 
+def quant_configs(args) -> tuple[bool, list[QuantConfig]]:
+    """Turn ``--methods/--bits/...`` into (include FP?, one QuantConfig per method and bit setting)."""
+    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m != "fp" and m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown or args.methods!r}; choose from fp, {', '.join(METHODS)}")
+    bits = [parse_bits(b) for b in args.bits.split(",") if b.strip()]
+    configs = [QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(args.groups),
+                           rotation=args.rotation, alpha=args.alpha, block_size=args.block_size)
+               for m in methods if m != "fp" for w, a in bits]
+    return "fp" in methods, configs
+
+
 def cmd_eval(args) -> None:
-    from trdq.eval.runner import evaluate_fp, read_prompts_file, write_json
+    from trdq.eval.runner import evaluate, read_prompts_file, write_json
     from trdq.models.loader import load_model
 
+    include_fp, configs = quant_configs(args)
     if args.prompts_file is not None:
         scenes = read_prompts_file(args.prompts_file)
     else:
         if args.num_prompts < 2:
             raise ValueError(f"--num-prompts must be at least 2 (for shapes_fd), got {args.num_prompts}")
         scenes = shapes.sample_scenes(args.num_prompts, seed=args.seed)
+    calibration = [s.caption for s in shapes.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
     model = load_model(args.model)
-    with tqdm(total=len(scenes), desc="fp", unit="img") as bar:
-        record = evaluate_fp(model, scenes, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                             batch_size=args.batch_size, progress=lambda done, _: bar.update(done - bar.n))
-    write_json([record], args.json)
-    log.info("adherence %.3f, shapes_fd %.2f -> %s", record["adherence"], record["shapes_fd"], args.json)
+    bars: dict[str, tqdm] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        bar = bars.setdefault(label, tqdm(total=total, desc=label, unit="img"))
+        bar.update(done - bar.n)
+
+    records = evaluate(model, scenes, configs, include_fp=include_fp, seed=args.seed, steps=args.steps,
+                       guidance=args.guidance, calibration_prompts=calibration, batch_size=args.batch_size,
+                       progress=progress)
+    for bar in bars.values():
+        bar.close()
+    write_json(records, args.json)
+    for r in records:
+        extra = f", psnr_vs_fp {r['psnr_vs_fp']:.2f} dB" if "psnr_vs_fp" in r else ""
+        log.info("%s %s (%s): adherence %.3f, shapes_fd %.2f%s", r["method"], r["bits"], r["execution"],
+                 r["adherence"], r["shapes_fd"], extra)
+    log.info("wrote %d records to %s", len(records), args.json)
 
 
 def main(argv: list[str] | None = None) -> int:

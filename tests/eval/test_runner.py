@@ -1,7 +1,7 @@
 import pytest
 
 from trdq import shapes
-from trdq.eval.runner import evaluate_fp, read_prompts_file, write_json
+from trdq.eval.runner import evaluate, read_prompts_file, write_json
 
 
 def test_prompts_file_errors_name_the_line_and_the_grammar(tmp_path):
@@ -15,7 +15,7 @@ def test_prompts_file_errors_name_the_line_and_the_grammar(tmp_path):
 
 def test_shipped_model_follows_prompts(shapes_t2i):
     """A regression bar on the shipped weights: most of 48 prompts fully right at 20 steps."""
-    record = evaluate_fp(shapes_t2i, shapes.sample_scenes(48, seed=11), seed=100)
+    (record,) = evaluate(shapes_t2i, shapes.sample_scenes(48, seed=11), seed=100)
     assert record["adherence"] >= 0.75, record
     assert record["method"] == "fp" and record["num_prompts"] == 48
 
@@ -26,3 +26,19 @@ def test_write_json_replaces_whole_files(tmp_path):
     write_json([{"b": 2}], path)
     assert path.read_text().strip().startswith("[") and '"b": 2' in path.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_quantized_records_compare_with_fp_along_the_trajectory(tiny_pixart):
+    from trdq.config import QuantConfig, TimeGroups
+
+    scenes = shapes.sample_scenes(4, seed=2)
+    configs = [QuantConfig(method="trdq", w_bits=b, a_bits=b, time_groups=TimeGroups(2), block_size=32)
+               for b in (8, 4)]
+    fp, w8, w4 = evaluate(tiny_pixart, scenes, configs, steps=4,
+                          calibration_prompts=["a large red circle in the center"])
+    assert fp["method"] == "fp" and "psnr_vs_fp" not in fp
+    for r in (w8, w4):
+        assert r["execution"] == "simulated" and len(r["eps_sqnr_db_per_step"]) == 4
+        assert r["num_groups"] == 2 and r["calib_seconds"] > 0
+    assert w8["eps_sqnr_db"] > w4["eps_sqnr_db"] + 10
+    assert w8["psnr_vs_fp"] > w4["psnr_vs_fp"]

@@ -6,15 +6,20 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from trdq import shapes
+from trdq.api import quantize
+from trdq.config import QuantConfig
 from trdq.eval.detector import ShapesDetector, load_detector
-from trdq.eval.metrics import adherence, frechet_distance
+from trdq.eval.metrics import adherence, frechet_distance, psnr, ssim
+from trdq.eval.trajectory import eps_sqnr_per_step
 from trdq.generate import generate_images
+from trdq.layers import EXECUTION
+from trdq.methods import num_groups
 from trdq.models.loader import LoadedModel
 
 
@@ -55,31 +60,67 @@ def score_images(images: np.ndarray, scenes: list[shapes.Scene], detector: Shape
     return scores
 
 
-def evaluate_fp(model: LoadedModel, scenes: list[shapes.Scene], seed: int = 0, steps: int | None = None,
-                guidance: float | None = None, batch_size: int = 16,
-                progress: Callable[[int, int], None] | None = None) -> dict:
-    """Evaluate the full-precision model on scenes; image i uses seed ``seed + i``.
-
-    Returns:
-        One record: ``method``, ``bits``, ``execution``, ``adherence``, ``acc_*``, ``shapes_fd``,
-        ``num_prompts``, ``steps``, ``guidance``, ``seconds``.
-    """
+def _check_world(model: LoadedModel) -> None:
     if model.settings.world != "shapes":
         raise ValueError(
             f"eval scores prompt adherence in the shapes world; {model.name!r} is not a shapes-world "
             "model. Use --model shapes-t2i (or a folder trained with trdq.train)."
         )
+
+
+def evaluate(model: LoadedModel, scenes: list[shapes.Scene], configs: Sequence[QuantConfig] = (),
+             include_fp: bool = True, seed: int = 0, steps: int | None = None, guidance: float | None = None,
+             calibration_prompts: Sequence[str] = (), batch_size: int = 16,
+             progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    """Evaluate the FP model and one quantized model per config on ``scenes``.
+
+    Image i uses seed ``seed + i`` for every model, so quantized images are compared with the FP
+    image of the same seed.
+
+    Returns:
+        One record per model: ``model``, ``method``, ``bits``, ``execution``, ``adherence``,
+        ``acc_*``, ``shapes_fd``, ``num_prompts``, ``seed``, ``steps``, ``guidance``, ``seconds``;
+        quantized records add ``psnr_vs_fp``, ``ssim_vs_fp``, ``eps_sqnr_db``,
+        ``eps_sqnr_db_per_step`` and ``calib_seconds``.
+    """
+    _check_world(model)
     steps = steps or model.settings.steps
     guidance = model.settings.guidance if guidance is None else guidance
-    t0 = time.perf_counter()
-    images = generate_images(model, [s.caption for s in scenes], [seed + i for i in range(len(scenes))],
-                             steps=steps, guidance=guidance, batch_size=batch_size, progress=progress)
-    seconds = time.perf_counter() - t0
-    record = {"model": model.name, "method": "fp", "bits": "fp32", "execution": "full precision"}
-    record.update(score_images(images, scenes, load_detector()))
-    record.update({"num_prompts": len(scenes), "seed": seed, "steps": steps, "guidance": guidance,
-                   "seconds": round(seconds, 2)})
-    return record
+    prompts = [s.caption for s in scenes]
+    seeds = [seed + i for i in range(len(scenes))]
+    detector = load_detector()
+    common = {"num_prompts": len(scenes), "seed": seed, "steps": steps, "guidance": guidance}
+
+    def sample(label: str, m: LoadedModel) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        cb = None if progress is None else (lambda done, total: progress(label, done, total))
+        images = generate_images(m, prompts, seeds, steps=steps, guidance=guidance, batch_size=batch_size,
+                                 progress=cb)
+        return images, round(time.perf_counter() - t0, 2)
+
+    fp_images, fp_seconds = sample("fp", model)
+    records = []
+    if include_fp:
+        records.append({"model": model.name, "method": "fp", "bits": "fp32", "execution": "full precision",
+                        **score_images(fp_images, scenes, detector), **common, "seconds": fp_seconds})
+    for config in configs:
+        if not calibration_prompts:
+            raise ValueError("quantized evaluation needs calibration prompts")
+        t0 = time.perf_counter()
+        qmodel = quantize(model, config, calibration_prompts, steps=steps, guidance=guidance, seed=10**5)
+        calib_seconds = round(time.perf_counter() - t0, 2)
+        images, seconds = sample(f"{config.method} {config.bits}", qmodel)
+        per_step = eps_sqnr_per_step(model, qmodel, prompts, seeds, steps=steps, guidance=guidance,
+                                     batch_size=batch_size)
+        records.append({
+            "model": model.name, "method": config.method, "bits": config.bits, "execution": EXECUTION,
+            **score_images(images, scenes, detector),
+            "psnr_vs_fp": float(np.mean(np.minimum(psnr(images, fp_images), 100.0))),
+            "ssim_vs_fp": float(np.mean(ssim(images, fp_images))),
+            "eps_sqnr_db": float(np.mean(per_step)), "eps_sqnr_db_per_step": per_step,
+            "num_groups": num_groups(config), "calib_seconds": calib_seconds, **common, "seconds": seconds,
+        })
+    return records
 
 
 def write_json(records: list[dict], path: str | Path) -> None:
