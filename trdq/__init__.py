@@ -1,10 +1,21 @@
 """trdq: TR-DQ (time-rotation) post-training quantization for diffusion transformers.
 
-Public names so far: the model loader and text-to-image sampling. The quantization verbs
-(``quantize``, ``save``, ``load``) arrive with the engine.
+    import trdq
+    fp = trdq.load_model("shapes-t2i")
+    q = trdq.quantize(fp, trdq.QuantConfig(method="trdq", w_bits=4, a_bits=8,
+                                           time_groups=trdq.TimeGroups(4)), prompts)
+    trdq.save(q, "out/q"); q2 = trdq.load("out/q", base=fp)
+
+Quantized execution is simulated (fake quant) in this version; results say so.
 """
 
+from trdq.api import calibrate, convert, prepare, quantize
+from trdq.config import QuantConfig, TimeGroups
 from trdq.generate import generate_images
 from trdq.models.loader import LoadedModel, ModelSettings, load_model
+from trdq.serialization import load, save
 
-__all__ = ["LoadedModel", "ModelSettings", "generate_images", "load_model"]
+__all__ = [
+    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "calibrate", "convert", "generate_images",
+    "load", "load_model", "prepare", "quantize", "save",
+]

@@ -27,6 +27,16 @@ from trdq.timegroups import GroupIndex, GroupState, track_timestep
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class QuantInfo:
+    """How a quantized model was made: enough to save it and to label its results."""
+
+    config: QuantConfig
+    index: GroupIndex
+    base_model: str
+    execution: str = "simulated"
+
+
 @dataclass
 class Prepared:
     """A model with its target layers chosen, ready to calibrate."""
@@ -109,10 +119,16 @@ def convert(prepared: Prepared) -> LoadedModel:
         parent, _, child = name.rpartition(".")
         setattr(transformer.get_submodule(parent) if parent else transformer, child, q)
     track_timestep(transformer, state)
-    components = {**model.pipe.components, "transformer": transformer}
-    pipe = type(model.pipe)(**components)
-    pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(name=f"{model.name}:{config.method}-{config.bits}", pipe=pipe, settings=model.settings)
+    pipe = with_transformer(model.pipe, transformer)
+    return LoadedModel(name=f"{model.name}:{config.method}-{config.bits}", pipe=pipe, settings=model.settings,
+                       quant=QuantInfo(config, prepared.index, model.name))
+
+
+def with_transformer(pipe, transformer: nn.Module):
+    """A new pipeline of ``pipe``'s class sharing every component but the transformer."""
+    new = type(pipe)(**{**pipe.components, "transformer": transformer})
+    new.set_progress_bar_config(disable=True)
+    return new
 
 
 def quantize(model: LoadedModel, config: QuantConfig, calibration_prompts: Sequence[str],

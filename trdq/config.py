@@ -6,6 +6,7 @@ the app become these objects at the boundary (see :func:`parse_bits`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -128,6 +129,22 @@ class QuantConfig:
             raise ValueError(f"w_group_size must be positive or None, got {self.w_group_size}")
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise ValueError("include/exclude take a tuple of patterns, e.g. include=('*attn1*',)")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict; :meth:`from_dict` inverts it."""
+        d = dataclasses.asdict(self)
+        d["time_groups"] = {"num_groups": self.time_groups.num_groups,
+                            "boundaries": list(self.time_groups.boundaries) if self.time_groups.boundaries else None}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantConfig:
+        d = dict(d)
+        tg = d.pop("time_groups")
+        tg = TimeGroups(boundaries=tuple(tg["boundaries"])) if tg.get("boundaries") else TimeGroups(tg["num_groups"])
+        for key in ("alpha_grid", "include", "exclude"):
+            d[key] = tuple(d[key])
+        return cls(time_groups=tg, **d)
 
     @property
     def bits(self) -> str:

@@ -63,11 +63,21 @@ class QuantLinear(nn.Module):
     Build it with :meth:`from_linear`; every instance of one model shares one :class:`GroupState`.
     """
 
-    def __init__(self, weights_fq: torch.Tensor, bias: torch.Tensor | None, transforms: list[GroupTransform],
-                 a_bits: int, a_symmetric: bool, state: GroupState):
+    def __init__(self, w_codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                 transforms: list[GroupTransform], a_bits: int, a_symmetric: bool, state: GroupState,
+                 dtype: torch.dtype = torch.float32):
+        """Args:
+            w_codes: (G, C_out, C_in) int8 symmetric weight codes, one set per time group (for
+                grouped weights: (G, C_out, C_in // group_size, group_size)).
+            w_scale: float64 scales broadcastable against ``w_codes``.
+        """
         super().__init__()
-        self.in_features, self.out_features = weights_fq.shape[-1], weights_fq.shape[-2]
-        self.register_buffer("weights_fq", weights_fq)  # (G, C_out, C_in), already fake-quantized
+        self.register_buffer("w_codes", w_codes.to(torch.int8))
+        self.register_buffer("w_scale", w_scale.double())
+        fq = self.w_codes.double() * self.w_scale
+        fq = fq.reshape(fq.shape[0], fq.shape[1], -1)  # grouped weights back to (G, C_out, C_in)
+        self.register_buffer("weights_fq", fq.to(dtype), persistent=False)  # (G, C_out, C_in)
+        self.in_features, self.out_features = fq.shape[-1], fq.shape[-2]
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.transforms = transforms
         self.a_bits, self.a_symmetric = quantizer.check_bits(a_bits, "a_bits"), a_symmetric
@@ -78,11 +88,16 @@ class QuantLinear(nn.Module):
                     state: GroupState, w_group_size: int | None = None, a_symmetric: bool = False) -> QuantLinear:
         """Quantize ``linear``'s weight once per group, under that group's transforms."""
         w = linear.weight.detach()
-        fq = torch.stack([
-            quantizer.fake_quant_weight(t.weight(w), w_bits, symmetric=True, group_size=w_group_size)
-            for t in transforms
-        ]).to(w.dtype)
-        return cls(fq, linear.bias, transforms, a_bits, a_symmetric, state)
+        codes, scales = [], []
+        for t in transforms:
+            wt = t.weight(w)
+            p = quantizer.per_channel_params(wt, w_bits, symmetric=True, group_size=w_group_size)
+            if w_group_size is not None:
+                wt = wt.reshape(wt.shape[0], -1, w_group_size)
+            codes.append(quantizer.quantize(wt, p))
+            scales.append(p.scale)
+        return cls(torch.stack(codes), torch.stack(scales), linear.bias, transforms, a_bits, a_symmetric,
+                   state, dtype=w.dtype)
 
     @property
     def num_groups(self) -> int:

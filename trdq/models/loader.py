@@ -12,9 +12,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +45,16 @@ class ModelSettings:
 
 @dataclass
 class LoadedModel:
-    """A diffusers pipeline with the name it was loaded by and its sampling defaults."""
+    """A diffusers pipeline with the name it was loaded by and its sampling defaults.
+
+    ``quant`` is None for a full-precision model and a :class:`trdq.api.QuantInfo` for one made
+    by :func:`trdq.quantize` or :func:`trdq.load`.
+    """
 
     name: str
     pipe: DiffusionPipeline
     settings: ModelSettings
+    quant: Any = None
 
 
 def resolve(model: str) -> str:
@@ -88,8 +96,10 @@ def load_model(model: str = "shapes-t2i", device: str | torch.device = "cpu",
     """
     source = resolve(model)
     local = os.path.isdir(source)
+    diffusers_logging.disable_progress_bar()  # loading bars would drown the tool's own progress
+    transformers_logging.disable_progress_bar()
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local)
     except OSError as err:
         raise OSError(
             f"could not load {model!r}: {err}. A hub id needs the network or a copy in the local "

@@ -1,0 +1,102 @@
+"""Save and load quantized models: safetensors for tensors, a JSON manifest for the rest.
+
+A saved folder holds ``manifest.json`` (format, execution label, base model, config, time-group
+thresholds, per-layer alphas and transform kinds) and ``quantized.safetensors`` (int8 weight codes
+and float64 scales per group, biases, smoothing factors and rotations). Everything else comes from
+the base model, so loading needs the base model but no calibration, and gives bit-identical outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trdq.api import QuantInfo, with_transformer
+from trdq.config import QuantConfig
+from trdq.layers import GroupTransform, QuantLinear
+from trdq.models.loader import LoadedModel, load_model
+from trdq.timegroups import GroupIndex, GroupState, track_timestep
+
+FORMAT = "trdq-simulated-v1"
+MANIFEST, TENSORS = "manifest.json", "quantized.safetensors"
+
+
+def save(qmodel: LoadedModel, path: str | Path) -> Path:
+    """Write a quantized model's quantized state to folder ``path`` (created if needed).
+
+    Raises:
+        ValueError: if ``qmodel`` is not a quantized model.
+    """
+    if qmodel.quant is None:
+        raise ValueError(f"{qmodel.name!r} is not quantized; save the output of trdq.quantize()")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    layers = {}
+    for name, m in qmodel.pipe.transformer.named_modules():
+        if not isinstance(m, QuantLinear):
+            continue
+        tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"] = m.w_codes, m.w_scale
+        if m.bias is not None:
+            tensors[f"{name}.bias"] = m.bias.detach()
+        for g, t in enumerate(m.transforms):
+            if t.delta is not None:
+                tensors[f"{name}.{g}.delta"] = t.delta
+            if t.rotation is not None:  # the forward applies it in float32; store what it uses
+                tensors[f"{name}.{g}.rotation"] = t.rotation.to(m.weights_fq.dtype)
+        layers[name] = {"alphas": [t.alpha for t in m.transforms], "kinds": [t.kind for t in m.transforms],
+                        "a_bits": m.a_bits, "a_symmetric": m.a_symmetric}
+    info = qmodel.quant
+    manifest = {
+        "format": FORMAT, "execution": info.execution, "base_model": info.base_model,
+        "transformer_class": type(qmodel.pipe.transformer).__name__,
+        "config": info.config.to_dict(), "thresholds": list(info.index.thresholds), "layers": layers,
+    }
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / TENSORS))
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def load(path: str | Path, base: LoadedModel | None = None) -> LoadedModel:
+    """Rebuild a quantized model saved by :func:`save`.
+
+    Args:
+        path: the saved folder.
+        base: the full-precision model it was made from; loaded by the manifest's name if None.
+
+    Raises:
+        FileNotFoundError / ValueError: for a folder that is not a trdq save, or a base model of
+            another architecture.
+    """
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        raise FileNotFoundError(f"{path} holds no {MANIFEST}; it was not written by trdq.save()")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported format {manifest.get('format')!r}; expected {FORMAT}")
+    base = base or load_model(manifest["base_model"])
+    if type(base.pipe.transformer).__name__ != manifest["transformer_class"]:
+        raise ValueError(f"{path} quantizes a {manifest['transformer_class']}, but the base model has a "
+                         f"{type(base.pipe.transformer).__name__}; pass the model it was made from")
+    tensors = load_file(str(path / TENSORS))
+    transformer = copy.deepcopy(base.pipe.transformer)
+    index = GroupIndex(tuple(manifest["thresholds"]))
+    state = GroupState(index)
+    for name, meta in manifest["layers"].items():
+        transforms = [GroupTransform(delta=tensors.get(f"{name}.{g}.delta"),
+                                     rotation=tensors.get(f"{name}.{g}.rotation"), alpha=alpha)
+                      for g, alpha in enumerate(meta["alphas"])]
+        fp = transformer.get_submodule(name)
+        q = QuantLinear(tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"], tensors.get(f"{name}.bias"),
+                        transforms, meta["a_bits"], meta["a_symmetric"], state, dtype=fp.weight.dtype)
+        parent, _, child = name.rpartition(".")
+        setattr(transformer.get_submodule(parent) if parent else transformer, child, q)
+    track_timestep(transformer, state)
+    config = QuantConfig.from_dict(manifest["config"])
+    return LoadedModel(name=f"{base.name}:{config.method}-{config.bits}", pipe=with_transformer(base.pipe, transformer),
+                       settings=base.settings, quant=QuantInfo(config, index, manifest["base_model"],
+                                                               manifest["execution"]))
