@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+import torch
+
 from trdq.eval.detector import load_detector
 from trdq.models.loader import load_model
 from trdq.train import detector, t2i, vae
@@ -13,12 +15,15 @@ def test_vae_then_t2i_make_a_pipeline_that_loads_and_resumes(tmp_path: Path):
     args = argparse.Namespace(
         vae=tmp_path / "vae" / "vae", out=tmp_path / "t2i", export=tmp_path / "pipe", steps=2,
         batch_size=4, lr=1e-4, warmup=1, ema=0.9, caption_dropout=0.1, pool_size=8, refresh_every=1,
-        bf16=False, seed=0, save_every=1, export_every=2)
+        bf16=False, seed=0, save_every=1, export_every=2, init_from=None, init_step=0)
     t2i.train(args)
     args.steps = 3  # resume from state.pt for one more step
     t2i.train(args)
     model = load_model(str(tmp_path / "pipe"))
     assert model.settings.world == "shapes"
+    args.out, args.init_from, args.init_step, args.steps = tmp_path / "fresh", tmp_path / "pipe", 3, 4
+    t2i.train(args)  # a fresh machine: no state.pt, continue from the exported weights
+    assert torch.load(tmp_path / "fresh" / "state.pt", weights_only=False)["step"] == 4
 
 
 def test_detector_training_saves_a_loadable_model(tmp_path: Path):

@@ -7,7 +7,8 @@ the small T5 text encoder are trained together on epsilon prediction with 10% ca
 classifier-free guidance), AdamW with warm-up and cosine decay, and an EMA of both. Latents come
 from a pool of freshly rendered scenes, rebuilt at every (re)start and refreshed as training goes.
 Every ``--save-every`` steps the resume state goes to ``OUT/state.pt``; every ``--export-every``
-steps the EMA weights are saved as a full diffusers pipeline to ``--export``.
+steps the EMA weights are saved as a full diffusers pipeline to ``--export``. On a machine without
+``OUT/state.pt``, ``--init-from assets/shapes-t2i --init-step N`` continues from the shipped weights.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ def train(args) -> None:
         opt.load_state_dict(state["opt"])
         step = state["step"]
         log.info("resumed at step %d", step)
+    elif args.init_from is not None:  # e.g. the committed pipeline on a fresh machine: new optimizer
+        init = PixArtAlphaPipeline.from_pretrained(args.init_from)
+        for part in (model, ema):
+            part["transformer"].load_state_dict(init.transformer.state_dict())
+            part["text_encoder"].load_state_dict(init.text_encoder.state_dict())
+        step = args.init_step
+        log.info("initialised from %s at step %d", args.init_from, step)
     gen = torch.Generator().manual_seed(args.seed * 1000003 + step)
     pool = LatentPool(vae, args.pool_size, args.seed + step)
     captions = Captions(tokenizer)
@@ -172,6 +180,9 @@ def main() -> None:
     parser.add_argument("--refresh-every", type=int, default=1000)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast for the forward/backward matmuls (about 2x faster on CPU)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="without OUT/state.pt: start from this exported pipeline's (EMA) weights")
+    parser.add_argument("--init-step", type=int, default=0, help="step count to continue from with --init-from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--export-every", type=int, default=1000)
