@@ -16,7 +16,7 @@ from trdq import rotation as rot
 from trdq.calibrate import InputObserver
 from trdq.config import QuantConfig
 from trdq.layers import GroupTransform
-from trdq.smoothing import output_error, smoothing_factors
+from trdq.smoothing import smoothing_factors
 
 DEFAULT_FIXED_ALPHA = 0.5
 
@@ -76,17 +76,18 @@ def fit_rotation(kind: str, sample: torch.Tensor, absmax: torch.Tensor, block_si
     if kind == "hadamard":
         return rot.random_hadamard_any(c_in, seed)
     block = min(block_size, c_in)
-    r1 = rot.block_diag(rot.greedy_block_rotation(absmax, block, steps, seed))
-    m1 = (sample.double() @ r1).abs().amax(0) if len(sample) else (absmax.double() @ r1).abs()
+    r1 = rot.greedy_block_rotation(absmax, block, steps, seed)
+    m1 = rot.apply_block_diag(sample.double() if len(sample) else absmax.double()[None], r1).abs().amax(0)
     perm = rot.zigzag_permutation(m1, block)
-    r2 = rot.block_diag(rot.greedy_block_rotation(m1[perm], block, steps, seed + 1))
-    return r1 @ rot.permutation_matrix(perm) @ r2
+    r2 = rot.greedy_block_rotation(m1[perm], block, steps, seed + 1)
+    return rot.apply_block_diag(rot.block_diag(r1)[:, perm], r2)  # R1 P R2
 
 
-def _error(t: GroupTransform, x: torch.Tensor, w: torch.Tensor, config: QuantConfig) -> float:
-    xq = quantizer.fake_quant_per_token(t.activation(x.double()), config.a_bits, config.a_symmetric)
-    wq = quantizer.fake_quant_weight(t.weight(w), config.w_bits, True, config.w_group_size)
-    return output_error(x, w, xq, wq)
+def _error(t: GroupTransform, x: torch.Tensor, w: torch.Tensor, ref: torch.Tensor, config: QuantConfig) -> float:
+    """MSE of the quantized layer output against ``ref = x w^T``; float32 is plenty for ranking."""
+    xq = quantizer.fake_quant_per_token(t.activation(x.float()), config.a_bits, config.a_symmetric)
+    wq = quantizer.fake_quant_weight(t.weight(w), config.w_bits, True, config.w_group_size).float()
+    return float((xq @ wq.T - ref).pow(2).mean())
 
 
 def _candidate(alpha: float | None, x: torch.Tensor, absmax: torch.Tensor, w_absmax: torch.Tensor,
@@ -123,7 +124,8 @@ def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Re
             candidates += [_candidate(a, x, absmax, w_absmax, "none", config) for a in alphas]
     if len(candidates) == 1:
         return candidates[0]
-    return min(candidates, key=lambda t: _error(t, x, w, config))
+    ref = x.float() @ w.float().T
+    return min(candidates, key=lambda t: _error(t, x, w, ref, config))
 
 
 def fit_layer(w: torch.Tensor, observer: InputObserver, config: QuantConfig) -> list[GroupTransform]:

@@ -133,6 +133,16 @@ def block_diag(blocks: list[torch.Tensor]) -> torch.Tensor:
     return torch.block_diag(*blocks)
 
 
+def apply_block_diag(x: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """``x @ block_diag(blocks)`` without building the dense matrix; x is (..., C)."""
+    out, start = [], 0
+    for b in blocks:
+        n = b.shape[0]
+        out.append(x[..., start:start + n] @ b.to(x.dtype))
+        start += n
+    return torch.cat(out, dim=-1)
+
+
 def _spread_reflection(d: int, signs: torch.Tensor) -> torch.Tensor:
     """Householder reflection H (symmetric, orthogonal) with row d equal to ``signs / sqrt(b)``.
 
