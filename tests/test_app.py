@@ -1,20 +1,38 @@
 import gradio as gr
-import numpy as np
 import pytest
 
 import app
 
-
-def test_generate_handler_returns_an_image_labelled_full_precision():
-    image, info = app.generate_fp("a large red circle in the center", 0, 3, 4.5)
-    assert image.shape == (64, 64, 3)
-    assert "full precision" in info
+DEFAULTS = dict(method="rtn", bits="w8a8", groups=1, rotation="none", search_alpha=True, alpha=0.5)
 
 
-@pytest.mark.parametrize("prompt,steps", [("", 20), ("a large red circle in the center", 0)])
-def test_bad_input_is_a_ui_error(prompt, steps):
-    with pytest.raises(gr.Error):
-        app.generate_fp(prompt, 0, steps, 4.5)
+def _compare(prompt="a large red circle in the center", seed=0, steps=3, guidance=4.5, **kw):
+    return app.compare(prompt, seed, steps, guidance, **{**DEFAULTS, **kw})
+
+
+def test_compare_returns_both_images_labelled():
+    fp_image, fp_info, q_image, q_info = _compare()
+    assert fp_image.shape == q_image.shape == (64, 64, 3)
+    assert "full precision" in fp_info
+    assert "simulated" in q_info and "PSNR vs FP" in q_info and "W8A8" in q_info
+
+
+def test_quantized_models_are_cached_per_configuration():
+    _compare()
+    hits = app.quantized_model.cache_info().hits
+    _compare(seed=5)
+    assert app.quantized_model.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"prompt": ""}, "Type a prompt"),
+    ({"steps": 0}, "between 1 and 100"),
+    ({"groups": 8, "steps": 4}, "time groups"),
+    ({"bits": "w9a8"}, "2..8"),
+])
+def test_bad_input_is_a_ui_error_that_says_what_to_change(kw, match):
+    with pytest.raises(gr.Error, match=match):
+        _compare(**kw)
 
 
 def test_demo_is_a_blocks_app():

@@ -35,12 +35,14 @@ class ModelSettings:
         max_sequence_length: tokens of the text encoder's input; captions longer are truncated.
         steps: default number of sampling steps.
         guidance: default classifier-free guidance scale.
+        training: how the model was trained (steps, batch size, seconds), for the record.
     """
 
     world: str | None = None
     max_sequence_length: int = 120
     steps: int = 20
     guidance: float = 4.5
+    training: dict | None = None
 
 
 @dataclass

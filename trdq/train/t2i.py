@@ -86,12 +86,13 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.lerp_(p, 1.0 - decay)
 
 
-def export(path: Path, tokenizer, text_encoder, transformer, vae) -> None:
+def export(path: Path, tokenizer, text_encoder, transformer, vae, training: dict) -> None:
     """Save the EMA weights as a complete PixArtAlphaPipeline (safetensors)."""
     pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                                transformer=transformer, scheduler=components.build_scheduler())
     pipe.save_pretrained(path, safe_serialization=True)
-    settings = {"world": "shapes", "max_sequence_length": components.MAX_TOKENS, "steps": 20, "guidance": 4.5}
+    settings = {"world": "shapes", "max_sequence_length": components.MAX_TOKENS, "steps": 20, "guidance": 4.5,
+                "training": training}
     (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     log.info("exported pipeline to %s", path)
 
@@ -108,13 +109,14 @@ def train(args) -> None:
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     noise = DDPMScheduler.from_config(components.build_scheduler().config)
-    step, state_path = 0, args.out / "state.pt"
+    step, seconds, state_path = 0, 0.0, args.out / "state.pt"
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
+        seconds = state.get("seconds", 0.0)
         log.info("resumed at step %d", step)
     elif args.init_from is not None:  # e.g. the committed pipeline on a fresh machine: new optimizer
         init = PixArtAlphaPipeline.from_pretrained(args.init_from)
@@ -127,7 +129,7 @@ def train(args) -> None:
     pool = LatentPool(vae, args.pool_size, args.seed + step)
     captions = Captions(tokenizer)
     alphas = noise.alphas_cumprod
-    t0, losses = time.time(), []
+    t0, losses, last = time.time(), [], time.time()
     while step < args.steps:
         warm = min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
@@ -149,6 +151,7 @@ def train(args) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
+        seconds, last = seconds + time.time() - last, time.time()
         ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
         losses.append(loss.item())
         if step % 50 == 0:
@@ -160,9 +163,10 @@ def train(args) -> None:
             pool.refresh((step // args.refresh_every) % 4 * quarter, quarter, round_=step)
         if step % args.save_every == 0 or step == args.steps:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
-                        "opt": opt.state_dict(), "step": step}, state_path)
+                        "opt": opt.state_dict(), "step": step, "seconds": seconds}, state_path)
         if step % args.export_every == 0 or step == args.steps:
-            export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae)
+            export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae,
+                   {"steps": step, "batch_size": args.batch_size, "train_seconds": round(seconds)})
 
 
 def main() -> None:
