@@ -80,10 +80,13 @@ def evaluate(model: LoadedModel, scenes: list[shapes.Scene], configs: Sequence[Q
     Returns:
         One record per model: ``model``, ``method``, ``bits``, ``execution``, ``adherence``,
         ``acc_*``, ``shapes_fd``, ``num_prompts``, ``seed``, ``steps``, ``guidance``, ``seconds``;
-        quantized records add ``psnr_vs_fp``, ``ssim_vs_fp``, ``eps_sqnr_db``,
+        quantized records add ``psnr_vs_fp`` (per-image PSNR capped at 100 dB, averaged),
+        ``ssim_vs_fp``, ``eps_sqnr_db``,
         ``eps_sqnr_db_per_step`` and ``calib_seconds``.
     """
     _check_world(model)
+    if configs and not calibration_prompts:
+        raise ValueError("quantized evaluation needs calibration prompts")
     steps = steps or model.settings.steps
     guidance = model.settings.guidance if guidance is None else guidance
     prompts = [s.caption for s in scenes]
@@ -104,8 +107,6 @@ def evaluate(model: LoadedModel, scenes: list[shapes.Scene], configs: Sequence[Q
         records.append({"model": model.name, "method": "fp", "bits": "fp32", "execution": "full precision",
                         **score_images(fp_images, scenes, detector), **common, "seconds": fp_seconds})
     for config in configs:
-        if not calibration_prompts:
-            raise ValueError("quantized evaluation needs calibration prompts")
         t0 = time.perf_counter()
         qmodel = quantize(model, config, calibration_prompts, steps=steps, guidance=guidance, seed=10**5)
         calib_seconds = round(time.perf_counter() - t0, 2)
