@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from trdq.api import calibrate, convert, prepare, quantize
 from trdq.config import QuantConfig, TimeGroups

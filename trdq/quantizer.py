@@ -117,6 +117,6 @@ def fake_quant_per_token(x: torch.Tensor, bits: int, symmetric: bool = False) ->
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: ``10 log10(|ref|^2 / |ref - approx|^2)``."""
-    ref = reference.double()
-    noise = (ref - approx.double()).pow(2).sum().clamp_min(1e-30)
+    ref = reference.detach().double()
+    noise = (ref - approx.detach().double()).pow(2).sum().clamp_min(1e-30)
     return float(10 * torch.log10(ref.pow(2).sum() / noise))

@@ -15,7 +15,7 @@ def test_vae_then_t2i_make_a_pipeline_that_loads_and_resumes(tmp_path: Path):
     args = argparse.Namespace(
         vae=tmp_path / "vae" / "vae", out=tmp_path / "t2i", export=tmp_path / "pipe", steps=2,
         batch_size=4, lr=1e-4, warmup=1, ema=0.9, caption_dropout=0.1, pool_size=8, refresh_every=1,
-        bf16=False, seed=0, save_every=1, export_every=2, init_from=None, init_step=0)
+        bf16=False, seed=0, save_every=1, export_every=2, init_from=None, init_step=0, stop_after=None)
     t2i.train(args)
     args.steps = 3  # resume from state.pt for one more step
     t2i.train(args)

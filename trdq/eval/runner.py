@@ -132,4 +132,5 @@ def write_json(records: list[dict], path: str | Path) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(records, f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
     os.replace(tmp, path)

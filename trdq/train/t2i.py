@@ -1,6 +1,6 @@
 """Train the embedded shapes-t2i PixArt-alpha pipeline (seeded, resumable).
 
-    python -m trdq.train.t2i --vae runs/vae/vae --steps 12000 --out runs/t2i --export assets/shapes-t2i
+    python -m trdq.train.t2i --vae runs/vae/vae --steps 9000 --stop-after 8000 --out runs/t2i --export assets/shapes-t2i
 
 The VAE is frozen (train it first with ``python -m trdq.train.vae``); the PixArt transformer and
 the small T5 text encoder are trained together on epsilon prediction with 10% caption dropout (for
@@ -130,7 +130,8 @@ def train(args) -> None:
     captions = Captions(tokenizer)
     alphas = noise.alphas_cumprod
     t0, losses, last = time.time(), [], time.time()
-    while step < args.steps:
+    last_step = min(args.steps, args.stop_after or args.steps)
+    while step < last_step:
         warm = min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
             group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
@@ -161,10 +162,10 @@ def train(args) -> None:
         if step % args.refresh_every == 0:  # keep the jitter fresh: replace a quarter of the pool
             quarter = args.pool_size // 4
             pool.refresh((step // args.refresh_every) % 4 * quarter, quarter, round_=step)
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step == last_step:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
                         "opt": opt.state_dict(), "step": step, "seconds": seconds}, state_path)
-        if step % args.export_every == 0 or step == args.steps:
+        if step % args.export_every == 0 or step == last_step:
             export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae,
                    {"steps": step, "batch_size": args.batch_size, "train_seconds": round(seconds)})
 
@@ -174,7 +175,9 @@ def main() -> None:
     parser.add_argument("--vae", type=Path, default=Path("runs/vae/vae"))
     parser.add_argument("--out", type=Path, default=Path("runs/t2i"))
     parser.add_argument("--export", type=Path, default=Path("assets/shapes-t2i"))
-    parser.add_argument("--steps", type=int, default=12000)
+    parser.add_argument("--steps", type=int, default=9000, help="length of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end (save and export) at this step, before the schedule ends")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup", type=int, default=300)

@@ -1,6 +1,6 @@
 """Train the shapes-t2i autoencoder on freshly rendered shapes (seeded, resumable).
 
-    python -m trdq.train.vae --steps 3000 --out runs/vae
+    python -m trdq.train.vae --steps 1000 --batch-size 24 --out runs/vae
 
 Writes ``OUT/state.pt`` (resume state) every ``--save-every`` steps and ``OUT/vae`` (diffusers
 ``save_pretrained``) at the end, with ``scaling_factor`` set to 1 / std of the latents.
@@ -85,8 +85,8 @@ def finalize(vae, path: Path, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/vae"))
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
