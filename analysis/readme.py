@@ -37,6 +37,22 @@ def quality_table(path: Path) -> str:
     return _markdown(pd.DataFrame(rows))
 
 
+def quantized_table(path: Path) -> str:
+    """Quantized models against FP: quality, closeness to FP, trajectory error, calibration time."""
+    rows = []
+    for r in json.loads(path.read_text()):
+        rows.append({
+            "method": r["method"], "bits": r["bits"], "execution": r["execution"],
+            "groups": r.get("num_groups", "-"), "adherence": f"{r['adherence']:.3f}",
+            "shapes_fd": f"{r['shapes_fd']:.1f}",
+            "psnr_vs_fp (dB)": f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "-",
+            "ssim_vs_fp": f"{r['ssim_vs_fp']:.3f}" if "ssim_vs_fp" in r else "-",
+            "eps_sqnr_db": f"{r['eps_sqnr_db']:.2f}" if "eps_sqnr_db" in r else "-",
+            "calib (s)": f"{r['calib_seconds']:.1f}" if "calib_seconds" in r else "-",
+        })
+    return _markdown(pd.DataFrame(rows))
+
+
 def outlier_table(path: Path, shown_steps: tuple[int, ...] = (0, 5, 10, 15, 19)) -> str:
     """Per layer kind: the largest max/median channel ratio over blocks at a few steps."""
     df = pd.DataFrame(json.loads(path.read_text()))
@@ -56,6 +72,7 @@ def outlier_table(path: Path, shown_steps: tuple[int, ...] = (0, 5, 10, 15, 19))
 TABLES = {
     "quality": (RESULTS / "shapes-t2i-fp.json", quality_table),
     "outliers": (RESULTS / "shapes-t2i-outliers.json", outlier_table),
+    "quantized": (RESULTS / "shapes-t2i-quant-48.json", quantized_table),
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from trdq.calibrate import Calibration
-from trdq.config import QuantConfig
+from trdq.config import QuantConfig, TimeGroups
 from trdq.generate import generate_images
 from trdq.layers import QuantLinear
 from trdq.methods import fit_layer, num_groups
@@ -84,7 +84,7 @@ def calibrate(prepared: Prepared, prompts: Sequence[str], steps: int | None = No
     steps = steps or model.settings.steps
     scheduler = copy.deepcopy(model.pipe.scheduler)
     scheduler.set_timesteps(steps)
-    groups = config.time_groups if num_groups(config) > 1 else type(config.time_groups)(1)
+    groups = config.time_groups if num_groups(config) > 1 else TimeGroups(1)
     prepared.index = GroupIndex.from_schedule(groups, scheduler.timesteps.tolist())
     state = GroupState(prepared.index)
     calibration = Calibration(prepared.layers, state, prepared.index.num_groups, seed=config.seed)

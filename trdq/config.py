@@ -14,7 +14,6 @@ from trdq.quantizer import check_bits
 
 METHODS = ("rtn", "smoothquant", "quarot", "duquant", "viditq", "trdq")
 ROTATIONS = ("none", "hadamard", "duquant")
-DEPLOYMENTS = ("per_group_weights", "online")
 DEFAULT_ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
@@ -88,8 +87,6 @@ class QuantConfig:
         select_transforms: per layer and group, keep only the transforms (smoothing, rotation)
             that lower the calibration output error.
         include, exclude: fnmatch patterns over module names of the transformer.
-        deployment: ``per_group_weights`` (one quantized weight copy per group) or ``online``
-            (one copy; time-dependent transforms applied to activations at run time).
         seed: seed of the random signs and rotations.
     """
 
@@ -107,7 +104,6 @@ class QuantConfig:
     select_transforms: bool = True
     include: tuple[str, ...] = ("*transformer_blocks.*",)
     exclude: tuple[str, ...] = ()
-    deployment: str = "per_group_weights"
     seed: int = 0
 
     def __post_init__(self):
@@ -117,8 +113,6 @@ class QuantConfig:
         check_bits(self.a_bits, "a_bits")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {self.rotation!r}; choose one of {', '.join(ROTATIONS)}")
-        if self.deployment not in DEPLOYMENTS:
-            raise ValueError(f"unknown deployment {self.deployment!r}; choose one of {', '.join(DEPLOYMENTS)}")
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
         if not self.alpha_grid or any(not 0.0 <= a <= 1.0 for a in self.alpha_grid):
