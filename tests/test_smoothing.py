@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from trdq import quantizer as Q
-from trdq.smoothing import output_error, search_alpha, smoothing_factors
+from trdq.smoothing import smoothing_factors
 
 
 def _layer(outlier_scale=30.0):
@@ -31,14 +30,3 @@ def test_dead_channels_are_left_alone_and_bad_alpha_rejected():
     assert torch.equal(s, torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         smoothing_factors(torch.ones(2), torch.ones(2), -0.1)
-
-
-def test_search_beats_no_smoothing_on_outlier_activations():
-    x, w = _layer()
-
-    def w8a4(xs, ws):
-        return Q.fake_quant_per_token(xs, 4), Q.fake_quant_weight(ws, 8)
-
-    plain = output_error(x, w, *w8a4(x, w))
-    alpha, err = search_alpha(x, w, x.abs().amax(0), (0.0, 0.25, 0.5, 0.75), w8a4)
-    assert alpha > 0 and err < 0.5 * plain
