@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,9 +22,6 @@ from trdq.layers import QuantLinear
 from trdq.methods import fit_layer, num_groups
 from trdq.models.loader import LoadedModel
 from trdq.timegroups import GroupIndex, GroupState, track_timestep
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class QuantInfo:
@@ -114,21 +110,25 @@ def convert(prepared: Prepared) -> LoadedModel:
     for name in prepared.layers:
         fp = transformer.get_submodule(name)
         transforms = fit_layer(fp.weight, prepared.calibration.observers[name], config)
-        q = QuantLinear.from_linear(fp, transforms, config.w_bits, config.a_bits, state,
-                                    config.w_group_size, config.a_symmetric)
-        parent, _, child = name.rpartition(".")
-        setattr(transformer.get_submodule(parent) if parent else transformer, child, q)
+        replace_module(transformer, name, QuantLinear.from_linear(
+            fp, transforms, config.w_bits, config.a_bits, state, config.w_group_size, config.a_symmetric))
+    return assemble(model, transformer, state, QuantInfo(config, prepared.index, model.name))
+
+
+def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where ``root.get_submodule(name)`` is."""
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def assemble(base: LoadedModel, transformer: nn.Module, state: GroupState, info: QuantInfo) -> LoadedModel:
+    """A quantized model: ``transformer`` tracks its time group and joins a copy of ``base``'s
+    pipeline that shares every other component."""
     track_timestep(transformer, state)
-    pipe = with_transformer(model.pipe, transformer)
-    return LoadedModel(name=f"{model.name}:{config.method}-{config.bits}", pipe=pipe, settings=model.settings,
-                       quant=QuantInfo(config, prepared.index, model.name))
-
-
-def with_transformer(pipe, transformer: nn.Module):
-    """A new pipeline of ``pipe``'s class sharing every component but the transformer."""
-    new = type(pipe)(**{**pipe.components, "transformer": transformer})
-    new.set_progress_bar_config(disable=True)
-    return new
+    pipe = type(base.pipe)(**{**base.pipe.components, "transformer": transformer})
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(name=f"{base.name}:{info.config.method}-{info.config.bits}", pipe=pipe,
+                       settings=base.settings, quant=info)
 
 
 def quantize(model: LoadedModel, config: QuantConfig, calibration_prompts: Sequence[str],

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trdq.api import QuantInfo, with_transformer
+from trdq.api import QuantInfo, assemble, replace_module
 from trdq.config import QuantConfig
 from trdq.layers import GroupTransform, QuantLinear
 from trdq.models.loader import LoadedModel, load_model
-from trdq.timegroups import GroupIndex, GroupState, track_timestep
+from trdq.timegroups import GroupIndex, GroupState
 
 FORMAT = "trdq-simulated-v1"
 MANIFEST, TENSORS = "manifest.json", "quantized.safetensors"
@@ -90,13 +90,9 @@ def load(path: str | Path, base: LoadedModel | None = None) -> LoadedModel:
         transforms = [GroupTransform(delta=tensors.get(f"{name}.{g}.delta"),
                                      rotation=tensors.get(f"{name}.{g}.rotation"), alpha=alpha)
                       for g, alpha in enumerate(meta["alphas"])]
-        fp = transformer.get_submodule(name)
-        q = QuantLinear(tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"], tensors.get(f"{name}.bias"),
-                        transforms, meta["a_bits"], meta["a_symmetric"], state, dtype=fp.weight.dtype)
-        parent, _, child = name.rpartition(".")
-        setattr(transformer.get_submodule(parent) if parent else transformer, child, q)
-    track_timestep(transformer, state)
-    config = QuantConfig.from_dict(manifest["config"])
-    return LoadedModel(name=f"{base.name}:{config.method}-{config.bits}", pipe=with_transformer(base.pipe, transformer),
-                       settings=base.settings, quant=QuantInfo(config, index, manifest["base_model"],
-                                                               manifest["execution"]))
+        dtype = transformer.get_submodule(name).weight.dtype
+        replace_module(transformer, name, QuantLinear(
+            tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"], tensors.get(f"{name}.bias"), transforms,
+            meta["a_bits"], meta["a_symmetric"], state, dtype=dtype))
+    info = QuantInfo(QuantConfig.from_dict(manifest["config"]), index, manifest["base_model"], manifest["execution"])
+    return assemble(base, transformer, state, info)
