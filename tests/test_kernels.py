@@ -1,0 +1,292 @@
+"""Real integer kernels: exactness against their *_ref twins and against the simulated path."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trdq import kernels
+from trdq.kernels import (
+    block_diag_apply,
+    block_diag_apply_ref,
+    dequantize_int,
+    fwht,
+    fwht_ref,
+    int4_linear,
+    int4_linear_ref,
+    int8_linear,
+    int8_linear_ref,
+    int_mm,
+    int_mm_ref,
+    pack_int4,
+    quantize_per_token_int8,
+    quantize_weight_int8,
+    sylvester_hadamard,
+    unpack_int4,
+    weight_rowsum,
+)
+from trdq.quantizer import fake_quant_per_token, fake_quant_weight
+from trdq.rotation import hadamard, random_hadamard
+
+needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _activations(shape, seed=0):
+    """Gaussian activations with a few outlier channels, as in a DiT block."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen)
+    x[..., :3] *= 20.0
+    return x + 0.5  # off-centre, so asymmetric grids have a non-trivial zero point
+
+
+def _int8(shape, lo=-128, hi=127, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi + 1, shape, generator=gen, dtype=torch.int8)
+
+
+# ----------------------------------------------------------------------------- int4 packing
+
+
+def test_pack_int4_round_trip_is_exact_over_all_codes():
+    codes = torch.arange(-8, 8, dtype=torch.int8).repeat(3, 2)  # (3, 32): every pair position
+    codes = torch.cat([codes, codes.flip(-1)], dim=-1)
+    packed = pack_int4(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (3, 32)
+    assert torch.equal(unpack_int4(packed), codes)
+
+
+def test_pack_int4_byte_layout_low_nibble_first():
+    packed = pack_int4(torch.tensor([1, -2, -8, 7], dtype=torch.int8))
+    assert packed.tolist() == [0xE1, 0x78]
+
+
+@pytest.mark.parametrize(
+    ("codes", "match"),
+    [
+        (torch.tensor([0, 8], dtype=torch.int8), r"\[-8, 7\].*bits <= 4"),
+        (torch.tensor([-9, 0], dtype=torch.int8), r"\[-8, 7\]"),
+        (torch.zeros(2, 3, dtype=torch.int8), "even last dim"),
+        (torch.zeros(4), "integer codes"),
+    ],
+)
+def test_pack_int4_rejects_bad_codes_with_a_fix(codes, match):
+    with pytest.raises(ValueError, match=match):
+        pack_int4(codes)
+
+
+def test_unpack_int4_rejects_non_uint8():
+    with pytest.raises(ValueError, match="uint8"):
+        unpack_int4(torch.zeros(4, dtype=torch.int8))
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+@pytest.mark.parametrize(("bits", "symmetric"), [(8, False), (8, True), (4, False), (4, True), (2, False)])
+def test_per_token_codes_dequantize_to_fake_quant_bit_for_bit(bits, symmetric):
+    x = _activations((2, 5, 72))
+    codes, scale, zero = quantize_per_token_int8(x, bits, symmetric)
+    assert codes.dtype == torch.int8 and scale.shape == (2, 5, 1)
+    assert torch.equal(dequantize_int(codes, scale, zero), fake_quant_per_token(x, bits, symmetric))
+    half = 2 ** (bits - 1)
+    if symmetric:
+        assert zero is None and codes.abs().max() <= half - 1
+    else:
+        assert zero.dtype == torch.int32 and zero.shape == (2, 5, 1)
+        assert codes.min() >= -half and codes.max() <= half - 1
+        assert zero.min() >= -half and zero.max() <= half - 1
+
+
+def test_asymmetric_8bit_codes_use_the_full_int8_range():
+    codes, _, _ = quantize_per_token_int8(_activations((4, 64)), 8, symmetric=False)
+    assert int(codes.min()) == -128 and int(codes.max()) == 127
+
+
+def test_bits_out_of_range_raise():
+    with pytest.raises(ValueError, match="2..8"):
+        quantize_per_token_int8(torch.randn(2, 8), bits=9)
+
+
+def test_weight_codes_dequantize_to_fake_quant_weight():
+    w = torch.randn(48, 72, generator=torch.Generator().manual_seed(1))
+    for bits in (8, 4):
+        codes, scale = quantize_weight_int8(w, bits)
+        assert scale.shape == (48, 1) and codes.abs().max() <= 2 ** (bits - 1) - 1
+        assert torch.equal(dequantize_int(codes, scale), fake_quant_weight(w, bits))
+
+
+# ----------------------------------------------------------------------------- int8 GEMM
+
+
+@pytest.mark.parametrize(("m", "k", "n"), list(itertools.product((1, 3, 17, 33), (5, 72, 130), (7, 64, 96))))
+def test_int_mm_is_exact_on_odd_shapes(m, k, n):
+    a, b = _int8((m, k), seed=m), _int8((k, n), seed=k + n)
+    out = int_mm(a, b)
+    assert out.dtype == torch.int32 and out.shape == (m, n)
+    assert torch.equal(out, int_mm_ref(a, b))
+    assert torch.equal(out.long(), a.long() @ b.long())
+
+
+def test_int_mm_extreme_codes_do_not_saturate():
+    k = 2048  # -128 * -128 * k = 2^25: far beyond int16, exact in int32
+    a, b = torch.full((3, k), -128, dtype=torch.int8), torch.full((k, 5), -128, dtype=torch.int8)
+    assert torch.equal(int_mm(a, b), torch.full((3, 5), 128 * 128 * k, dtype=torch.int32))
+
+
+def test_int_mm_takes_transposed_weight_views():
+    a, w = _int8((9, 40), seed=2), _int8((24, 40), seed=3)  # w as a linear layer stores it
+    assert torch.equal(int_mm(a, w.T), int_mm_ref(a, w.T))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_int_mm_without_onednn_is_exact():
+    a, b = _int8((5, 72), seed=4), _int8((72, 7), seed=5)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(int_mm(a, b), int_mm_ref(a, b))
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 5, 7), (3, 130, 96), (17, 72, 64), (33, 9, 1)])
+def test_int_mm_padding_for_cuda_rules_is_exact_on_cpu(monkeypatch, m, k, n):
+    """CUDA's M > 16, K % 8, N % 8 padding, exercised on CPU so it is tested without a GPU."""
+    monkeypatch.setitem(kernels.INT_MM_CONSTRAINTS, "cpu", kernels.INT_MM_CONSTRAINTS["cuda"])
+    a, b = _int8((m, k), seed=6), _int8((k, n), seed=7)
+    assert torch.equal(int_mm(a, b), int_mm_ref(a, b))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "match"),
+    [
+        (torch.zeros(2, 3), torch.zeros(3, 2), "int8"),
+        (torch.zeros(2, 3, dtype=torch.int8), torch.zeros(4, 2, dtype=torch.int8), r"\(M, K\) @ \(K, N\)"),
+        (torch.zeros(1, 2, 3, dtype=torch.int8), torch.zeros(3, 2, dtype=torch.int8), r"\(M, K\) @ \(K, N\)"),
+    ],
+)
+def test_int_mm_rejects_bad_operands(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        int_mm(a, b)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda)])
+def test_int_mm_on_cuda_pads_to_cublas_rules(device):
+    for m, k, n in [(1, 5, 7), (3, 72, 96), (17, 130, 64), (33, 5, 7)]:
+        a, b = _int8((m, k), seed=m).to(device), _int8((k, n), seed=n).to(device)
+        assert torch.equal(int_mm(a, b).cpu(), int_mm_ref(a.cpu(), b.cpu()))
+
+
+# ----------------------------------------------------------------------------- W8A8 / W4A8 linear
+
+
+def _close(actual, expected, rtol):
+    """Max error relative to the output's scale (its largest magnitude)."""
+    err = (actual.double() - expected.double()).abs().max()
+    return bool(err <= rtol * expected.double().abs().max())
+
+
+LINEAR_CASES = list(itertools.product((False, True), (False, True), ((2, 5), (1,))))
+
+
+@pytest.mark.parametrize(("symmetric", "with_bias", "lead"), LINEAR_CASES)
+def test_int8_linear_matches_ref_and_simulated_path(symmetric, with_bias, lead):
+    gen = torch.Generator().manual_seed(8)
+    x, w = _activations((*lead, 72), seed=9), torch.randn(48, 72, generator=gen) * 0.1
+    bias = torch.randn(48, generator=gen) if with_bias else None
+    x_codes, x_scale, x_zero = quantize_per_token_int8(x, 8, symmetric)
+    w_codes, w_scale = quantize_weight_int8(w, 8)
+
+    y = int8_linear(x_codes, x_scale, x_zero, w_codes, w_scale, bias)
+    assert y.shape == (*lead, 48) and y.dtype == torch.float32
+    assert _close(y, int8_linear_ref(x_codes, x_scale, x_zero, w_codes, w_scale, bias), 1e-5)
+    simulated = F.linear(fake_quant_per_token(x, 8, symmetric), fake_quant_weight(w, 8), bias)
+    assert _close(y, simulated, 1e-5)
+
+
+def test_int8_linear_precomputed_rowsum_and_1d_scale_give_the_same_result():
+    x_codes, x_scale, x_zero = quantize_per_token_int8(_activations((3, 40)), 8)
+    w_codes, w_scale = quantize_weight_int8(torch.randn(16, 40, generator=torch.Generator().manual_seed(2)))
+    y = int8_linear(x_codes, x_scale, x_zero, w_codes, w_scale)
+    y_pre = int8_linear(x_codes, x_scale, x_zero, w_codes, w_scale.flatten(), w_rowsum=weight_rowsum(w_codes))
+    assert torch.equal(y, y_pre)
+
+
+def test_int8_linear_out_dtype():
+    x_codes, x_scale, x_zero = quantize_per_token_int8(_activations((3, 40)), 8)
+    w_codes, w_scale = quantize_weight_int8(torch.randn(16, 40, generator=torch.Generator().manual_seed(3)))
+    y = int8_linear(x_codes, x_scale, x_zero, w_codes, w_scale, out_dtype=torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    assert _close(y, int8_linear_ref(x_codes, x_scale, x_zero, w_codes, w_scale), 2**-8)
+
+
+@pytest.mark.parametrize(("symmetric", "with_bias", "lead"), LINEAR_CASES)
+def test_int4_linear_matches_ref_and_simulated_4bit_weights(symmetric, with_bias, lead):
+    gen = torch.Generator().manual_seed(10)
+    x, w = _activations((*lead, 72), seed=11), torch.randn(48, 72, generator=gen) * 0.1
+    bias = torch.randn(48, generator=gen) if with_bias else None
+    x_codes, x_scale, x_zero = quantize_per_token_int8(x, 8, symmetric)
+    w_codes, w_scale = quantize_weight_int8(w, 4)
+    w_packed = pack_int4(w_codes)
+    assert w_packed.shape == (48, 36)
+
+    y = int4_linear(x_codes, x_scale, x_zero, w_packed, w_scale, bias)
+    assert y.shape == (*lead, 48)
+    assert _close(y, int4_linear_ref(x_codes, x_scale, x_zero, w_packed, w_scale, bias), 1e-5)
+    simulated = F.linear(fake_quant_per_token(x, 8, symmetric), fake_quant_weight(w, 4), bias)
+    assert _close(y, simulated, 1e-5)
+
+
+# ----------------------------------------------------------------------------- online rotation
+
+# fast-hadamard-transform's rule (STYLE.md): err_fast <= 2 * err_ref + atol against fp64,
+# with atol a small multiple of the dtype's eps times the output's scale.
+ROTATION_DTYPES = [(torch.float32, 1e-7), (torch.bfloat16, 1e-3)]
+
+
+def _errors(fast, ref, truth):
+    truth = truth.double()
+    return (fast.double() - truth).abs().max(), (ref.double() - truth).abs().max(), truth.abs().max()
+
+
+@pytest.mark.parametrize(("dtype", "atol"), ROTATION_DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 64, 256])
+def test_fwht_within_twice_the_dense_error(dtype, atol, n):
+    x = _activations((3, 4, n), seed=n).to(dtype)
+    truth = fwht_ref(x.double())
+    err_fast, err_ref, scale = _errors(fwht(x), fwht_ref(x), truth)
+    assert fwht(x).dtype == dtype
+    assert err_fast <= 2 * err_ref + atol * scale
+
+
+def test_fwht_is_the_sylvester_hadamard_of_trdq_rotation():
+    for n in (2, 8, 64):
+        # rotation.hadamard must be Sylvester-ordered for powers of two, or an online fwht would
+        # not undo the rotation folded into the weights.
+        assert torch.equal(hadamard(n), sylvester_hadamard(n))
+        x = _activations((5, n), seed=n).double()
+        assert torch.allclose(fwht(x), x @ hadamard(n), rtol=0, atol=1e-12)
+        assert torch.allclose(fwht(fwht(x)), x, rtol=0, atol=1e-12)
+
+
+def test_fwht_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power-of-two.*block_diag_apply"):
+        fwht(torch.randn(2, 72))
+
+
+def _hadamard_blocks(num_blocks, b):
+    return torch.stack([random_hadamard(b, seed=i) for i in range(num_blocks)])
+
+
+@pytest.mark.parametrize(("dtype", "atol"), ROTATION_DTYPES)
+@pytest.mark.parametrize(("num_blocks", "b"), [(3, 24), (9, 8), (1, 64)])
+def test_block_diag_apply_within_twice_the_dense_error(dtype, atol, num_blocks, b):
+    blocks = _hadamard_blocks(num_blocks, b)  # float64; cast to x's dtype inside
+    x = _activations((2, 3, num_blocks * b), seed=b).to(dtype)
+    truth = block_diag_apply_ref(x.double(), blocks)
+    fast = block_diag_apply(x, blocks)
+    err_fast, err_ref, scale = _errors(fast, block_diag_apply_ref(x, blocks), truth)
+    assert fast.dtype == dtype and fast.shape == x.shape
+    assert err_fast <= 2 * err_ref + atol * scale
+
+
+def test_block_diag_apply_rejects_blocks_that_do_not_cover_the_width():
+    with pytest.raises(ValueError, match="num_blocks \\* b"):
+        block_diag_apply(torch.randn(2, 72), _hadamard_blocks(2, 32))

@@ -1,0 +1,366 @@
+"""Real integer kernels (METHOD.md section 7): int8 GEMMs, int4 packing and the online rotation.
+
+The simulated path (``QuantLinear`` with :mod:`trdq.quantizer`'s fake quantization) rounds values
+to the integer grid but multiplies in floating point, so it shows accuracy and nothing else.
+Results computed through this module are labelled "real integer": activations and weights are
+stored as integer codes, the matrix product runs in ``torch._int_mm`` (int8 x int8 -> int32) and
+floats come back only through one fused rescale per output. Both paths share the quantizer's grids,
+so they agree up to float32 rounding, which the tests check.
+
+Every function is pure (tensors in, tensors out, on the inputs' device) and has a plain-torch
+``*_ref`` twin that states what it computes; the twins are for tests, not for speed.
+
+Grids: weights are symmetric per output channel, codes in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``.
+Activations are quantized per token; asymmetric codes are shifted by ``2^(b-1)`` from the
+quantizer's ``[0, 2^b - 1]`` so they fit ``torch.int8`` (the zero point moves with them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trdq.quantizer import check_bits, per_channel_params, per_token_params, quantize
+
+# The int32 accumulator holds |sum_k (x_k - z) w_k| <= 255 * 128 * K < 2^31 for K up to 2^16.
+MAX_K = 2**16
+
+# (min rows M, K multiple, N multiple) that torch._int_mm needs per device type. CPU takes any
+# 2-D int8 shapes (oneDNN with AVX512-VNNI, else a plain loop); CUDA's cuBLAS path checks
+# M > 16 and K, N positive multiples of 8. Devices not listed are called unpadded.
+INT_MM_CONSTRAINTS: dict[str, tuple[int, int, int]] = {"cuda": (17, 8, 8)}
+
+
+# ----------------------------------------------------------------------------- int4 packing
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Pack signed 4-bit codes two per byte along the last dim.
+
+    Byte ``j`` holds code ``2j`` in its low nibble and code ``2j + 1`` in its high nibble, each
+    as a two's-complement nibble.
+
+    Args:
+        codes: integer tensor (..., 2n) with values in [-8, 7].
+
+    Returns:
+        uint8 tensor (..., n).
+
+    Raises:
+        ValueError: for a float dtype, an odd or missing last dim, or codes outside [-8, 7].
+    """
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
+        raise ValueError(f"pack_int4 needs integer codes, got {codes.dtype}; round and cast with .to(torch.int8)")
+    if codes.dim() == 0 or codes.shape[-1] % 2:
+        raise ValueError(
+            f"pack_int4 needs an even last dim, got shape {tuple(codes.shape)}; "
+            "pad it with a zero code, e.g. F.pad(codes, (0, 1))"
+        )
+    if codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
+        raise ValueError(
+            f"pack_int4 needs codes in [-8, 7], got [{int(codes.min())}, {int(codes.max())}]; "
+            "quantize with bits <= 4 (symmetric 4-bit codes lie in [-7, 7])"
+        )
+    nibbles = (codes.to(torch.int16) & 0x0F).to(torch.uint8)
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`.
+
+    Args:
+        packed: uint8 tensor (..., n).
+
+    Returns:
+        int8 codes (..., 2n) in [-8, 7].
+    """
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"unpack_int4 needs the uint8 output of pack_int4, got {packed.dtype}")
+    signed = packed.view(torch.int8)
+    low, high = (signed << 4) >> 4, signed >> 4  # arithmetic shifts sign-extend each nibble
+    return torch.stack((low, high), dim=-1).flatten(-2)
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+def quantize_per_token_int8(
+    x: torch.Tensor, bits: int = 8, symmetric: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Dynamic per-token activation quantization to int8 codes for an int8 GEMM.
+
+    Uses :func:`trdq.quantizer.per_token_params` and :func:`~trdq.quantizer.quantize`, so
+    ``dequantize_int(*quantize_per_token_int8(x, b, s)) == fake_quant_per_token(x, b, s)``
+    exactly for float32 ``x``. Asymmetric codes and zero points are shifted by ``2^(b-1)``
+    (128 for 8 bits) from the quantizer's ``[0, 2^b - 1]``; ``codes - zero`` is unchanged.
+
+    Args:
+        x: activations (..., K).
+        bits: grid width, 2..8.
+        symmetric: symmetric grid (no zero point) or asymmetric.
+
+    Returns:
+        ``(codes, scale, zero)``: int8 codes (..., K); scale (..., 1) in ``x``'s dtype;
+        zero (..., 1) int32 in ``[-2^(b-1), 2^(b-1) - 1]``, or None for symmetric grids.
+    """
+    p = per_token_params(x, check_bits(bits), symmetric)
+    q = quantize(x, p)  # float codes in x's dtype
+    if p.zero is None:
+        return q.to(torch.int8), p.scale, None
+    offset = 2 ** (bits - 1)
+    return (q - offset).to(torch.int8), p.scale, (p.zero - offset).to(torch.int32)
+
+
+def quantize_weight_int8(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static symmetric per-output-channel weight codes, as :func:`fake_quant_weight` rounds them.
+
+    Args:
+        w: weight (N, K).
+        bits: grid width, 2..8 (pack 2..4-bit codes with :func:`pack_int4`).
+
+    Returns:
+        ``(codes, scale)``: int8 codes (N, K) and scale (N, 1) in ``w``'s dtype.
+    """
+    p = per_channel_params(w, check_bits(bits), symmetric=True)
+    return quantize(w, p).to(torch.int8), p.scale
+
+
+def dequantize_int(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None) -> torch.Tensor:
+    """Real values ``(codes - zero) * scale`` in ``scale``'s dtype (zero None: ``codes * scale``)."""
+    q = codes.to(scale.dtype)
+    return (q - zero.to(scale.dtype)) * scale if zero is not None else q * scale
+
+
+def weight_rowsum(w_codes: torch.Tensor) -> torch.Tensor:
+    """``w_codes.sum(1)`` as int32 (N,): precompute once for the zero-point correction."""
+    return w_codes.sum(1, dtype=torch.int32)
+
+
+# ----------------------------------------------------------------------------- int8 GEMM
+
+
+def _check_int_mm_args(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise ValueError(f"int_mm needs int8 operands, got {a.dtype} and {b.dtype}; quantize them first")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"int_mm needs (M, K) @ (K, N), got {tuple(a.shape)} @ {tuple(b.shape)}")
+    if a.shape[1] > MAX_K:
+        raise ValueError(f"K={a.shape[1]} overflows the int32 accumulator; split K into chunks of {MAX_K}")
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int8 matrix product ``a @ b`` with int32 accumulation, via ``torch._int_mm``.
+
+    Operands are zero-padded to the shape rules of their device (:data:`INT_MM_CONSTRAINTS`)
+    and the result sliced back, so any M, K, N >= 1 works. ``b`` is padded through its
+    transpose so a column-major ``w_codes.T`` view stays column-major, as cuBLAS prefers.
+
+    Args:
+        a: int8 (M, K).
+        b: int8 (K, N), K <= :data:`MAX_K`.
+
+    Returns:
+        int32 (M, N).
+    """
+    _check_int_mm_args(a, b)
+    (m, k), n = a.shape, b.shape[1]
+    min_m, k_mult, n_mult = INT_MM_CONSTRAINTS.get(a.device.type, (1, 1, 1))
+    pm, pk, pn = max(m, min_m) - m, _round_up(k, k_mult) - k, _round_up(n, n_mult) - n
+    if pm or pk:
+        a = F.pad(a, (0, pk, 0, pm))
+    if pk or pn:
+        b = F.pad(b.T, (0, pk, 0, pn)).T
+    return torch._int_mm(a, b)[:m, :n]
+
+
+def int_mm_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """:func:`int_mm` in float64, exact here: every partial sum is an integer below 2^53."""
+    _check_int_mm_args(a, b)
+    return (a.double() @ b.double()).to(torch.int32)
+
+
+# ----------------------------------------------------------------------------- W8A8 / W4A8 linear
+
+
+def int8_linear(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    w_rowsum: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Real integer linear ``((x_codes - x_zero) * x_scale) @ (w_codes * w_scale).T + bias``.
+
+    One int8 GEMM gives ``x_codes @ w_codes.T`` in int32; the zero point is removed in integers
+    as ``x_zero * w_codes.sum(1)``; one float32 rescale by ``x_scale * w_scale.T`` follows.
+
+    Args:
+        x_codes: int8 activation codes (..., K), e.g. from :func:`quantize_per_token_int8`.
+        x_scale: per-token scale (..., 1).
+        x_zero: per-token integer zero point (..., 1), or None for symmetric activations.
+        w_codes: int8 symmetric weight codes (N, K).
+        w_scale: per-output-channel scale (N, 1) as :func:`per_channel_params` gives; (N,) works.
+        bias: (N,) or None.
+        out_dtype: dtype of the result.
+        w_rowsum: precomputed :func:`weight_rowsum` (N,) int32; computed here when None.
+
+    Returns:
+        (..., N) in ``out_dtype``.
+    """
+    lead, (n, k) = x_codes.shape[:-1], w_codes.shape
+    acc = int_mm(x_codes.reshape(-1, k), w_codes.T)  # (M, N) int32
+    if x_zero is not None:
+        rowsum = weight_rowsum(w_codes) if w_rowsum is None else w_rowsum
+        acc = acc - x_zero.reshape(-1, 1).to(torch.int32) * rowsum.reshape(1, n)
+    scale = x_scale.reshape(-1, 1).float() * w_scale.reshape(1, n).float()  # (M, N)
+    y = acc.float() * scale
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype).reshape(*lead, n)
+
+
+def int8_linear_ref(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """:func:`int8_linear` as dequantize, then a float64 matmul (same arguments)."""
+    x = dequantize_int(x_codes, x_scale.double(), x_zero)
+    w = dequantize_int(w_codes, w_scale.double().reshape(-1, 1))
+    y = x @ w.T
+    if bias is not None:
+        y = y + bias.double()
+    return y.to(out_dtype)
+
+
+def int4_linear(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    w_packed: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    w_rowsum: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """W4A8 linear: :func:`int8_linear` with a packed 4-bit weight unpacked at call time.
+
+    Memory holds half a byte per weight; the product still runs in the int8 GEMM.
+
+    Args:
+        w_packed: uint8 (N, K // 2) from :func:`pack_int4` of 4-bit symmetric codes in [-7, 7].
+        Others: as :func:`int8_linear`.
+
+    Returns:
+        (..., N) in ``out_dtype``.
+    """
+    w_codes = unpack_int4(w_packed)
+    return int8_linear(x_codes, x_scale, x_zero, w_codes, w_scale, bias, out_dtype, w_rowsum)
+
+
+def int4_linear_ref(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    w_packed: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """:func:`int4_linear` as unpack, dequantize, float64 matmul."""
+    return int8_linear_ref(x_codes, x_scale, x_zero, unpack_int4(w_packed), w_scale, bias, out_dtype)
+
+
+# ----------------------------------------------------------------------------- online rotation
+
+
+def _check_power_of_two(n: int) -> None:
+    if n < 1 or n & (n - 1):
+        raise ValueError(
+            f"fwht needs a power-of-two last dim, got {n}; use block_diag_apply with Hadamard "
+            "blocks of a power-of-two size that divides the width"
+        )
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal fast Walsh-Hadamard transform along the last dim: ``x @ H / sqrt(n)``.
+
+    ``H`` is the Sylvester Hadamard (``H_2n = [[H_n, H_n], [H_n, -H_n]]``), the same matrix as
+    :func:`trdq.rotation.hadamard` for powers of two; it is symmetric, so ``fwht(fwht(x)) == x``.
+    O(n log n) butterflies; half-precision inputs are transformed in float32 and cast back once.
+
+    Args:
+        x: (..., n) with n a power of two.
+
+    Returns:
+        (..., n) in ``x``'s dtype.
+    """
+    n = x.shape[-1]
+    _check_power_of_two(n)
+    y = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(-1, n)
+    h = 1
+    while h < n:
+        y = y.view(-1, n // (2 * h), 2, h)  # pairs (i, i + h) inside each block of 2h
+        a, b = y[:, :, 0], y[:, :, 1]
+        y = torch.stack((a + b, a - b), dim=2)
+        h *= 2
+    return (y.reshape(x.shape) * n**-0.5).to(x.dtype)
+
+
+def sylvester_hadamard(n: int, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> torch.Tensor:
+    """Dense orthonormal Sylvester Hadamard (n, n), n a power of two."""
+    _check_power_of_two(n)
+    h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.kron(h2, h)
+    return (h / n**0.5).to(dtype=dtype, device=device)
+
+
+def fwht_ref(x: torch.Tensor) -> torch.Tensor:
+    """:func:`fwht` as a dense matmul ``x @ H`` in ``x``'s dtype."""
+    return x @ sylvester_hadamard(x.shape[-1], x.dtype, x.device)
+
+
+def _check_blocks(x: torch.Tensor, blocks: torch.Tensor) -> None:
+    if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
+        raise ValueError(f"blocks must be (num_blocks, b, b), got {tuple(blocks.shape)}")
+    if blocks.shape[0] * blocks.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"{blocks.shape[0]} blocks of size {blocks.shape[1]} do not cover width {x.shape[-1]}; "
+            "num_blocks * b must equal the last dim of x"
+        )
+
+
+def block_diag_apply(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``x @ block_diag(*blocks)`` as one batched matmul, without the dense (n, n) matrix.
+
+    Args:
+        x: (..., n).
+        blocks: (num_blocks, b, b) with ``num_blocks * b == n``; cast to ``x``'s dtype and device.
+
+    Returns:
+        (..., n) in ``x``'s dtype.
+    """
+    _check_blocks(x, blocks)
+    nb, b = blocks.shape[:2]
+    xb = x.reshape(-1, nb, b).transpose(0, 1)  # (nb, M, b)
+    y = torch.bmm(xb, blocks.to(dtype=x.dtype, device=x.device))  # (nb, M, b)
+    return y.transpose(0, 1).reshape(x.shape)
+
+
+def block_diag_apply_ref(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """:func:`block_diag_apply` with the dense ``torch.block_diag`` matrix."""
+    _check_blocks(x, blocks)
+    return x @ torch.block_diag(*blocks).to(dtype=x.dtype, device=x.device)
