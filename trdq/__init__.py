@@ -12,10 +12,11 @@ Quantized execution is simulated (fake quant) in this version; results say so.
 from trdq.api import calibrate, convert, prepare, quantize
 from trdq.config import QuantConfig, TimeGroups
 from trdq.generate import generate_images
+from trdq.models.adapters import UnsupportedArchitectureError
 from trdq.models.loader import LoadedModel, ModelSettings, load_model
 from trdq.serialization import load, save
 
 __all__ = [
-    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "calibrate", "convert", "generate_images",
+    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "convert", "generate_images",
     "load", "load_model", "prepare", "quantize", "save",
 ]

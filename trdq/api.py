@@ -2,8 +2,10 @@
 
     qmodel = trdq.quantize(model, QuantConfig(method="trdq", w_bits=4, a_bits=8), prompts)
 
-Non-destructive: the full-precision model is left as it was (its transformer gets calibration
-hooks only while calibrating); the quantized model shares everything but the transformer.
+``model`` may be a model from ``trdq.load_model``, a diffusers pipeline, or a bare transformer
+(then calibration data are its forward() inputs). Non-destructive: the full-precision model is
+left as it was (its transformer gets calibration hooks only while calibrating); the quantized
+model shares everything but the transformer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
+from diffusers import DiffusionPipeline
 from torch import nn
 
 from trdq.calibrate import Calibration
@@ -20,8 +24,10 @@ from trdq.config import QuantConfig, TimeGroups
 from trdq.generate import generate_images
 from trdq.layers import QuantLinear
 from trdq.methods import fit_layer, num_groups
-from trdq.models.loader import LoadedModel
+from trdq.models.adapters import Adapter, UnsupportedArchitectureError, adapter_for
+from trdq.models.loader import LoadedModel, ModelSettings
 from trdq.timegroups import GroupIndex, GroupState, track_timestep
+
 
 @dataclass(frozen=True)
 class QuantInfo:
@@ -33,13 +39,27 @@ class QuantInfo:
     execution: str = "simulated"
 
 
+Model = LoadedModel | DiffusionPipeline | nn.Module
+
+
 @dataclass
 class Prepared:
-    """A model with its target layers chosen, ready to calibrate."""
+    """A transformer with its target layers chosen, ready to calibrate.
 
-    model: LoadedModel
+    Attributes:
+        transformer: the full-precision transformer (left unchanged by every step).
+        adapter: its architecture family.
+        model: the pipeline it belongs to, or None for a bare transformer.
+        given: what the caller passed (``loaded``, ``pipeline`` or ``transformer``); ``convert``
+            returns the same kind.
+    """
+
+    transformer: nn.Module
+    adapter: Adapter
     config: QuantConfig
     layers: dict[str, nn.Linear]
+    model: LoadedModel | None = None
+    given: str = "loaded"
     calibration: Calibration | None = None
     index: GroupIndex = field(default_factory=GroupIndex)
 
@@ -51,44 +71,84 @@ def target_layers(transformer: nn.Module, include: Sequence[str], exclude: Seque
             and not any(fnmatch.fnmatchcase(name, p) for p in exclude)}
 
 
-def prepare(model: LoadedModel, config: QuantConfig) -> Prepared:
-    """Choose the layers to quantize.
-
-    Raises:
-        ValueError: if the model has no transformer or the patterns match no linear layer.
-    """
+def _unwrap(model: Model) -> tuple[LoadedModel | None, nn.Module, str]:
+    """(pipeline as a LoadedModel or None, transformer, kind given)."""
+    if isinstance(model, DiffusionPipeline):
+        model, given = LoadedModel(type(model).__name__, model, ModelSettings()), "pipeline"
+    elif isinstance(model, LoadedModel):
+        given = "loaded"
+    elif isinstance(model, nn.Module):
+        return None, model, "transformer"
+    else:
+        raise ValueError(f"cannot quantize a {type(model).__name__}: pass a diffusers pipeline, its "
+                         "transformer, or a model from trdq.load_model()")
     transformer = getattr(model.pipe, "transformer", None)
     if transformer is None:
-        raise ValueError(f"{model.name!r} has no `transformer` component; trdq quantizes diffusion "
-                         "transformers (PixArt, DiT, Latte, SD3, Flux, Sana), not UNets")
-    layers = target_layers(transformer, config.include, config.exclude)
+        raise UnsupportedArchitectureError(
+            f"{model.name!r} has no `transformer` component; trdq quantizes diffusion transformers "
+            "(PixArt, Latte, DiT, SD3, Sana), not UNets")
+    return model, transformer, given
+
+
+def prepare(model: Model, config: QuantConfig) -> Prepared:
+    """Choose the layers to quantize.
+
+    Args:
+        model: a model from :func:`trdq.load_model`, a diffusers pipeline, or a bare transformer.
+
+    Raises:
+        UnsupportedArchitectureError: for a model without a supported diffusion transformer.
+        ValueError: if the include/exclude patterns match no linear layer.
+    """
+    loaded, transformer, given = _unwrap(model)
+    adapter = adapter_for(transformer)
+    include = adapter.include if config.include is None else config.include
+    exclude = adapter.exclude if config.exclude is None else config.exclude
+    layers = target_layers(transformer, include, exclude)
     if not layers:
-        raise ValueError(f"include={config.include} exclude={config.exclude} match no nn.Linear in "
+        raise ValueError(f"include={include} exclude={exclude} match no nn.Linear in "
                          f"{type(transformer).__name__}; list names with "
                          "[n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]")
-    return Prepared(model, config, layers)
+    return Prepared(transformer, adapter, config, layers, loaded, given)
 
 
-def calibrate(prepared: Prepared, prompts: Sequence[str], steps: int | None = None,
-              guidance: float | None = None, seed: int = 0, batch_size: int = 8,
-              progress: Callable[[int, int], None] | None = None) -> Prepared:
-    """Run the full-precision pipeline on ``prompts`` through all steps (with CFG) and record
-    every target layer's input statistics per time group."""
-    if not prompts:
-        raise ValueError("calibration needs at least one prompt")
-    model, config = prepared.model, prepared.config
-    steps = steps or model.settings.steps
-    scheduler = copy.deepcopy(model.pipe.scheduler)
-    scheduler.set_timesteps(steps)
+def calibrate(prepared: Prepared, data: Sequence, steps: int | None = None, guidance: float | None = None,
+              seed: int = 0, batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
+              timesteps: Sequence[float] | None = None) -> Prepared:
+    """Record every target layer's input statistics per time group.
+
+    With a pipeline, ``data`` are prompts, run through the full-precision pipeline over all
+    ``steps`` (with CFG). With a bare transformer, ``data`` are keyword-argument dicts of its
+    forward calls (``timestep`` included), and ``timesteps`` are the sampler's timesteps, first
+    step first, from which the time groups are cut (needed with more than one group).
+
+    Raises:
+        ValueError: for empty data, groups that do not fit the steps, a missing ``timesteps``,
+            or non-finite activations.
+    """
+    if not data:
+        raise ValueError("calibration needs at least one prompt (or, for a bare transformer, one input dict)")
+    config, model = prepared.config, prepared.model
     groups = config.time_groups if num_groups(config) > 1 else TimeGroups(1)
-    prepared.index = GroupIndex.from_schedule(groups, scheduler.timesteps.tolist())
+    if model is not None:
+        steps = steps or model.settings.steps
+        scheduler = copy.deepcopy(model.pipe.scheduler)
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps.tolist()
+    elif timesteps is None and groups.num_groups > 1:
+        raise ValueError("a bare transformer needs timesteps=... (the sampler's timesteps, first step first, "
+                         "e.g. scheduler.timesteps after scheduler.set_timesteps(steps)) to cut time groups")
+    prepared.index = GroupIndex.from_schedule(groups, timesteps) if timesteps is not None else GroupIndex()
     state = GroupState(prepared.index)
     calibration = Calibration(prepared.layers, state, prepared.index.num_groups, seed=config.seed)
-    handle = track_timestep(model.pipe.transformer, state)
+    handle = track_timestep(prepared.transformer, state, prepared.adapter.timestep_position)
     try:
         with calibration:
-            generate_images(model, list(prompts), [seed + i for i in range(len(prompts))], steps=steps,
-                            guidance=guidance, batch_size=batch_size, progress=progress)
+            if model is not None:
+                generate_images(model, list(data), [seed + i for i in range(len(data))], steps=steps,
+                                guidance=guidance, batch_size=batch_size, progress=progress)
+            else:
+                _run_inputs(prepared.transformer, data, progress)
     finally:
         handle.remove()
     calibration.check_complete()
@@ -96,23 +156,43 @@ def calibrate(prepared: Prepared, prompts: Sequence[str], steps: int | None = No
     return prepared
 
 
-def convert(prepared: Prepared) -> LoadedModel:
+def _run_inputs(transformer: nn.Module, data: Sequence[dict], progress: Callable[[int, int], None] | None) -> None:
+    with torch.no_grad():
+        for i, kwargs in enumerate(data):
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"calibration input {i} is a {type(kwargs).__name__}; a bare transformer "
+                                 "takes dicts of forward() keyword arguments, timestep included")
+            transformer(**kwargs)
+            if progress is not None:
+                progress(i + 1, len(data))
+
+
+def convert(prepared: Prepared) -> Model:
     """Build the quantized model from calibration statistics (the FP model is untouched).
+
+    Returns:
+        The kind :func:`prepare` was given: a :class:`LoadedModel`, a pipeline, or a transformer.
 
     Raises:
         RuntimeError: if ``calibrate`` has not run.
     """
     if prepared.calibration is None:
         raise RuntimeError("convert() needs calibration statistics: call calibrate(prepared, prompts) first")
-    config, model = prepared.config, prepared.model
-    transformer = copy.deepcopy(model.pipe.transformer)
+    config = prepared.config
+    transformer = copy.deepcopy(prepared.transformer)
     state = GroupState(prepared.index)
     for name in prepared.layers:
         fp = transformer.get_submodule(name)
         transforms = fit_layer(fp.weight, prepared.calibration.observers[name], config)
         replace_module(transformer, name, QuantLinear.from_linear(
             fp, transforms, config.w_bits, config.a_bits, state, config.w_group_size, config.a_symmetric))
-    return assemble(model, transformer, state, QuantInfo(config, prepared.index, model.name))
+    base = prepared.model.name if prepared.model is not None else type(transformer).__name__
+    info = QuantInfo(config, prepared.index, base)
+    track_quantized(transformer, state, info)
+    if prepared.model is None:
+        return transformer
+    qmodel = assemble(prepared.model, transformer)
+    return qmodel.pipe if prepared.given == "pipeline" else qmodel
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -121,32 +201,51 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def assemble(base: LoadedModel, transformer: nn.Module, state: GroupState, info: QuantInfo) -> LoadedModel:
-    """A quantized model: ``transformer`` tracks its time group and joins a copy of ``base``'s
-    pipeline that shares every other component."""
-    track_timestep(transformer, state)
+def track_quantized(transformer: nn.Module, state: GroupState, info: QuantInfo) -> None:
+    """Make a transformer with quantized layers find its time group at every call and carry
+    ``info`` as ``transformer.trdq_info``."""
+    track_timestep(transformer, state, adapter_for(transformer).timestep_position)
+    transformer.trdq_info = info
+
+
+def quant_info(model: Model) -> QuantInfo | None:
+    """How ``model`` was quantized, or None for a full-precision model."""
+    if isinstance(model, LoadedModel):
+        return model.quant
+    transformer = getattr(model, "transformer", model)
+    return getattr(transformer, "trdq_info", None)
+
+
+def assemble(base: LoadedModel, transformer: nn.Module) -> LoadedModel:
+    """A quantized model: ``transformer`` (made by :func:`track_quantized`) joins a copy of
+    ``base``'s pipeline that shares every other component."""
+    info = transformer.trdq_info
     pipe = type(base.pipe)(**{**base.pipe.components, "transformer": transformer})
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(name=f"{base.name}:{info.config.method}-{info.config.bits}", pipe=pipe,
                        settings=base.settings, quant=info)
 
 
-def quantize(model: LoadedModel, config: QuantConfig, calibration_prompts: Sequence[str],
-             steps: int | None = None, guidance: float | None = None, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> LoadedModel:
+def quantize(model: Model, config: QuantConfig, calibration_data: Sequence, steps: int | None = None,
+             guidance: float | None = None, seed: int = 0, progress: Callable[[int, int], None] | None = None,
+             timesteps: Sequence[float] | None = None) -> Model:
     """Quantize a model's transformer with ``config`` (simulated execution).
 
     Args:
-        model: a loaded pipeline (see :func:`trdq.models.load_model`).
+        model: a model from :func:`trdq.load_model`, a diffusers pipeline, or a bare transformer.
         config: method, bits, time groups, rotation, layer patterns.
-        calibration_prompts: prompts run through the FP pipeline to gather statistics.
+        calibration_data: prompts for a pipeline (run through it in full precision); for a bare
+            transformer, dicts of forward() keyword arguments (see :func:`calibrate`).
         steps, guidance: sampler settings of calibration (the model's defaults if None); use
             those you will sample with.
         seed: first calibration seed.
-        progress: called with (prompts done, total) during calibration.
+        progress: called with (items done, total) during calibration.
+        timesteps: a bare transformer's sampler timesteps, first step first.
 
     Returns:
-        A new :class:`LoadedModel` whose transformer holds :class:`~trdq.layers.QuantLinear` layers.
+        The same kind of object as ``model``, whose transformer holds
+        :class:`~trdq.layers.QuantLinear` layers; ``model`` itself is unchanged.
     """
-    prepared = calibrate(prepare(model, config), calibration_prompts, steps, guidance, seed, progress=progress)
+    prepared = calibrate(prepare(model, config), calibration_data, steps, guidance, seed, progress=progress,
+                         timesteps=timesteps)
     return convert(prepared)

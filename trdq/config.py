@@ -86,7 +86,9 @@ class QuantConfig:
         rotation_steps: greedy steps per block of the DuQuant rotation.
         select_transforms: per layer and group, keep only the transforms (smoothing, rotation)
             that lower the calibration output error.
-        include, exclude: fnmatch patterns over module names of the transformer.
+        include, exclude: fnmatch patterns over module names of the transformer; None takes the
+            architecture adapter's defaults (the blocks' linear layers, see
+            :mod:`trdq.models.adapters`).
         seed: seed of the random signs and rotations.
     """
 
@@ -102,8 +104,8 @@ class QuantConfig:
     block_size: int = 128
     rotation_steps: int = 8
     select_transforms: bool = True
-    include: tuple[str, ...] = ("*transformer_blocks.*",)
-    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -137,7 +139,7 @@ class QuantConfig:
         tg = d.pop("time_groups")
         tg = TimeGroups(boundaries=tuple(tg["boundaries"])) if tg.get("boundaries") else TimeGroups(tg["num_groups"])
         for key in ("alpha_grid", "include", "exclude"):
-            d[key] = tuple(d[key])
+            d[key] = None if d[key] is None else tuple(d[key])
         return cls(time_groups=tg, **d)
 
     @property

@@ -14,30 +14,36 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from trdq.api import QuantInfo, assemble, replace_module
+from trdq.api import Model, QuantInfo, assemble, quant_info, replace_module, track_quantized
 from trdq.config import QuantConfig
 from trdq.layers import GroupTransform, QuantLinear
-from trdq.models.loader import LoadedModel, load_model
+from trdq.models.loader import LoadedModel, ModelSettings, load_model
 from trdq.timegroups import GroupIndex, GroupState
 
 FORMAT = "trdq-simulated-v1"
 MANIFEST, TENSORS = "manifest.json", "quantized.safetensors"
 
 
-def save(qmodel: LoadedModel, path: str | Path) -> Path:
+def save(qmodel: Model, path: str | Path) -> Path:
     """Write a quantized model's quantized state to folder ``path`` (created if needed).
+
+    Args:
+        qmodel: what :func:`trdq.quantize` returned (a model, a pipeline or a transformer).
 
     Raises:
         ValueError: if ``qmodel`` is not a quantized model.
     """
-    if qmodel.quant is None:
-        raise ValueError(f"{qmodel.name!r} is not quantized; save the output of trdq.quantize()")
+    info = quant_info(qmodel)
+    if info is None:
+        raise ValueError(f"this {type(qmodel).__name__} is not quantized; save the output of trdq.quantize()")
+    transformer = _transformer(qmodel)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     layers = {}
-    for name, m in qmodel.pipe.transformer.named_modules():
+    for name, m in transformer.named_modules():
         if not isinstance(m, QuantLinear):
             continue
         tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"] = m.w_codes, m.w_scale
@@ -50,10 +56,9 @@ def save(qmodel: LoadedModel, path: str | Path) -> Path:
                 tensors[f"{name}.{g}.rotation"] = t.rotation.to(m.weights_fq.dtype)
         layers[name] = {"alphas": [t.alpha for t in m.transforms], "kinds": [t.kind for t in m.transforms],
                         "a_bits": m.a_bits, "a_symmetric": m.a_symmetric}
-    info = qmodel.quant
     manifest = {
         "format": FORMAT, "execution": info.execution, "base_model": info.base_model,
-        "transformer_class": type(qmodel.pipe.transformer).__name__,
+        "transformer_class": type(transformer).__name__,
         "config": info.config.to_dict(), "thresholds": list(info.index.thresholds), "layers": layers,
     }
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / TENSORS))
@@ -61,12 +66,20 @@ def save(qmodel: LoadedModel, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, base: LoadedModel | None = None) -> LoadedModel:
+def _transformer(model: Model) -> nn.Module:
+    return model.pipe.transformer if isinstance(model, LoadedModel) else getattr(model, "transformer", model)
+
+
+def load(path: str | Path, base: Model | None = None) -> Model:
     """Rebuild a quantized model saved by :func:`save`.
 
     Args:
         path: the saved folder.
-        base: the full-precision model it was made from; loaded by the manifest's name if None.
+        base: the full-precision model it was made from (a model, a pipeline or a transformer);
+            loaded by the manifest's name if None.
+
+    Returns:
+        The same kind of object as ``base`` (a :class:`LoadedModel` when loaded by name).
 
     Raises:
         FileNotFoundError / ValueError: for a folder that is not a trdq save, or a base model of
@@ -78,12 +91,13 @@ def load(path: str | Path, base: LoadedModel | None = None) -> LoadedModel:
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported format {manifest.get('format')!r}; expected {FORMAT}")
-    base = base or load_model(manifest["base_model"])
-    if type(base.pipe.transformer).__name__ != manifest["transformer_class"]:
+    base = base if base is not None else load_model(manifest["base_model"])
+    fp = _transformer(base)
+    if type(fp).__name__ != manifest["transformer_class"]:
         raise ValueError(f"{path} quantizes a {manifest['transformer_class']}, but the base model has a "
-                         f"{type(base.pipe.transformer).__name__}; pass the model it was made from")
+                         f"{type(fp).__name__}; pass the model it was made from")
     tensors = load_file(str(path / TENSORS))
-    transformer = copy.deepcopy(base.pipe.transformer)
+    transformer = copy.deepcopy(fp)
     index = GroupIndex(tuple(manifest["thresholds"]))
     state = GroupState(index)
     for name, meta in manifest["layers"].items():
@@ -95,4 +109,9 @@ def load(path: str | Path, base: LoadedModel | None = None) -> LoadedModel:
             tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"], tensors.get(f"{name}.bias"), transforms,
             meta["a_bits"], meta["a_symmetric"], state, dtype=dtype))
     info = QuantInfo(QuantConfig.from_dict(manifest["config"]), index, manifest["base_model"], manifest["execution"])
-    return assemble(base, transformer, state, info)
+    track_quantized(transformer, state, info)
+    if isinstance(base, LoadedModel):
+        return assemble(base, transformer)
+    if base is not fp:  # a diffusers pipeline
+        return assemble(LoadedModel(type(base).__name__, base, ModelSettings()), transformer).pipe
+    return transformer

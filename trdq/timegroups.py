@@ -60,15 +60,18 @@ class GroupState:
         self.group = self.index.group_of(t)
 
 
-def track_timestep(transformer: nn.Module, state: GroupState) -> torch.utils.hooks.RemovableHandle:
+def track_timestep(transformer: nn.Module, state: GroupState,
+                   position: int = 2) -> torch.utils.hooks.RemovableHandle:
     """Set ``state.group`` from the ``timestep`` argument at the start of every model call.
 
-    Works with diffusers transformers, which take ``timestep`` as a keyword (PixArt, DiT, Latte,
-    SD3, Sana) or as the third positional argument.
+    Args:
+        position: index of ``timestep`` among ``forward``'s positional arguments, used when it is
+            not passed by keyword (diffusers pipelines pass it by keyword); see
+            :class:`trdq.models.adapters.Adapter`.
     """
 
     def hook(_module, args, kwargs):
-        timestep = kwargs.get("timestep", args[2] if len(args) > 2 else None)
+        timestep = kwargs.get("timestep", args[position] if len(args) > position else None)
         if timestep is None:
             raise ValueError("the quantized transformer was called without a timestep; time groups "
                              "need it (pass timestep=... as diffusers pipelines do)")
