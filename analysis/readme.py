@@ -53,6 +53,21 @@ def quantized_table(path: Path) -> str:
     return _markdown(pd.DataFrame(rows))
 
 
+def ablation_table(path: Path) -> str:
+    """TR-DQ's ingredients switched on and off: time groups x smoothing x rotation, per bit setting."""
+    rows = []
+    for r in json.loads(path.read_text()):
+        if r["method"] != "trdq":
+            continue
+        smoothing = "searched" if r["smoothing"] == "search" else f"fixed {r['alpha']}"
+        rows.append({
+            "bits": r["bits"], "groups": r["num_groups"], "alpha_g": smoothing, "rotation": r["rotation"],
+            "adherence": f"{r['adherence']:.3f}", "psnr_vs_fp (dB)": f"{r['psnr_vs_fp']:.2f}",
+            "eps_sqnr_db": f"{r['eps_sqnr_db']:.2f}", "calib (s)": f"{r['calib_seconds']:.1f}",
+        })
+    return _markdown(pd.DataFrame(rows))
+
+
 def outlier_table(path: Path, shown_steps: tuple[int, ...] = (0, 5, 10, 15, 19)) -> str:
     """Per layer kind: the largest max/median channel ratio over blocks at a few steps."""
     df = pd.DataFrame(json.loads(path.read_text()))
@@ -72,7 +87,8 @@ def outlier_table(path: Path, shown_steps: tuple[int, ...] = (0, 5, 10, 15, 19))
 TABLES = {
     "quality": (RESULTS / "shapes-t2i-fp.json", quality_table),
     "outliers": (RESULTS / "shapes-t2i-outliers.json", outlier_table),
-    "quantized": (RESULTS / "shapes-t2i-quant-48.json", quantized_table),
+    "quantized": (RESULTS / "shapes-t2i-quant-200.json", quantized_table),
+    "ablation": (RESULTS / "shapes-t2i-ablation.json", ablation_table),
 }
 
 

@@ -45,3 +45,28 @@ def test_eval_rejects_unknown_methods_and_bits(tmp_path, caplog):
     assert "gptq" in caplog.text
     assert main(["eval", "--methods", "rtn", "--bits", "w9a8", "--json", str(out)]) == 2
     assert "2..8" in caplog.text and not out.exists()
+
+
+def test_ablation_lists_make_every_distinct_config_once():
+    from trdq.cli import build_parser, quant_configs
+
+    args = build_parser().parse_args(["eval", "--methods", "fp,rtn,viditq,trdq", "--bits", "w4a8,w4a4",
+                                      "--groups", "1,2,4,step", "--rotation", "none,hadamard,duquant",
+                                      "--alpha", "search,0.5", "--json", "x.json"])
+    include_fp, configs = quant_configs(args, steps=20)
+    by_method = {m: [c for c in configs if c.method == m] for m in ("rtn", "viditq", "trdq")}
+    assert include_fp
+    assert len(by_method["rtn"]) == 2  # groups, rotation and alpha do not change RTN
+    assert len(by_method["viditq"]) == 2 * 4  # fixed alpha 0.5 either way; groups matter
+    assert len(by_method["trdq"]) == 2 * 4 * 3 * 2
+    assert {c.time_groups.num_groups for c in by_method["trdq"]} == {1, 2, 4, 20}
+
+
+def test_eval_rejects_bad_ablation_values(tmp_path, caplog):
+    out = tmp_path / "e.json"
+    assert main(["eval", "--methods", "trdq", "--groups", "0", "--json", str(out)]) == 2
+    assert "'step'" in caplog.text
+    assert main(["eval", "--methods", "trdq", "--alpha", "high", "--json", str(out)]) == 2
+    assert "'search'" in caplog.text
+    assert main(["eval", "--methods", "trdq", "--rotation", "givens", "--json", str(out)]) == 2
+    assert "givens" in caplog.text and not out.exists()

@@ -6,6 +6,7 @@ Strings become typed values here, at the boundary; the library never sees argpar
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -44,9 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", default="fp",
                     help="comma list of fp and " + ", ".join(METHODS) + " (quantized ones are simulated)")
     ev.add_argument("--bits", default="w8a8", help="comma list of WxAy settings, e.g. w8a8,w4a8,w4a4")
-    ev.add_argument("--groups", type=int, default=4, help="time groups for trdq and viditq")
-    ev.add_argument("--rotation", default="duquant", choices=ROTATIONS, help="rotation of trdq")
-    ev.add_argument("--alpha", type=float, default=None, help="fixed alpha for every group (default: search)")
+    ev.add_argument("--groups", default="4",
+                    help="time groups for trdq and viditq; a comma list (e.g. 1,2,4,step) for an ablation, "
+                         "'step' for one group per sampling step")
+    ev.add_argument("--rotation", default="duquant",
+                    help="rotation of trdq, or a comma list of " + ", ".join(ROTATIONS))
+    ev.add_argument("--alpha", default="search",
+                    help="trdq smoothing: 'search' (alpha_g searched per group) or a fixed alpha in [0, 1]; "
+                         "a comma list for an ablation")
     ev.add_argument("--block-size", type=int, default=64, help="rotation block size")
     ev.add_argument("--calib-prompts", type=int, default=16, help="calibration prompts (seeds apart from eval)")
     ev.add_argument("--batch-size", type=int, default=16)
@@ -70,16 +76,55 @@ def cmd_generate(args) -> None:
     log.info("wrote %s", args.out)
 
 
-def quant_configs(args) -> tuple[bool, list[QuantConfig]]:
-    """Turn ``--methods/--bits/...`` into (include FP?, one QuantConfig per method and bit setting)."""
-    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+def _items(text: str) -> list[str]:
+    return [t.strip().lower() for t in text.split(",") if t.strip()]
+
+
+def _groups(text: str, steps: int) -> int:
+    if text == "step":
+        return steps
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--groups takes positive integers or 'step', got {text!r}")
+    return int(text)
+
+
+def _alpha(text: str) -> float | None:
+    if text == "search":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--alpha takes 'search' or a number in [0, 1], got {text!r}") from None
+
+
+def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
+    """Turn ``--methods/--bits/--groups/--rotation/--alpha`` into (include FP?, QuantConfigs).
+
+    Every combination is made, and combinations a method treats alike (a rotation list for RTN,
+    say) are kept once.
+    """
+    from trdq.eval.runner import describe
+
+    methods = _items(args.methods)
     unknown = [m for m in methods if m != "fp" and m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown or args.methods!r}; choose from fp, {', '.join(METHODS)}")
-    bits = [parse_bits(b) for b in args.bits.split(",") if b.strip()]
-    configs = [QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(args.groups),
-                           rotation=args.rotation, alpha=args.alpha, block_size=args.block_size)
-               for m in methods if m != "fp" for w, a in bits]
+    bits = [parse_bits(b) for b in _items(args.bits)]
+    groups = [_groups(g, steps) for g in _items(args.groups)]
+    rotations, alphas = _items(args.rotation), [_alpha(a) for a in _items(args.alpha)]
+    if bad := [r for r in rotations if r not in ROTATIONS]:
+        raise ValueError(f"unknown rotation(s) {bad}; choose from {', '.join(ROTATIONS)}")
+    configs, seen = [], set()
+    for m in methods:
+        for (w, a), g, r, alpha in itertools.product(bits, groups, rotations, alphas):
+            if m == "fp":
+                continue
+            config = QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(g), rotation=r,
+                                 alpha=alpha, block_size=args.block_size)
+            key = (m, w, a, *describe(config).values())
+            if key not in seen:
+                seen.add(key)
+                configs.append(config)
     return "fp" in methods, configs
 
 
@@ -87,7 +132,8 @@ def cmd_eval(args) -> None:
     from trdq.eval.runner import evaluate, read_prompts_file, write_json
     from trdq.models.loader import load_model
 
-    include_fp, configs = quant_configs(args)
+    model = load_model(args.model)
+    include_fp, configs = quant_configs(args, args.steps or model.settings.steps)
     if args.prompts_file is not None:
         scenes = read_prompts_file(args.prompts_file)
     else:
@@ -95,7 +141,6 @@ def cmd_eval(args) -> None:
             raise ValueError(f"--num-prompts must be at least 2 (for shapes_fd), got {args.num_prompts}")
         scenes = shapes.sample_scenes(args.num_prompts, seed=args.seed)
     calibration = [s.caption for s in shapes.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
-    model = load_model(args.model)
     bars: dict[str, tqdm] = {}
 
     def progress(label: str, done: int, total: int) -> None:

@@ -19,7 +19,7 @@ from trdq.eval.metrics import adherence, frechet_distance, psnr, ssim
 from trdq.eval.trajectory import eps_sqnr_per_step
 from trdq.generate import generate_images
 from trdq.layers import EXECUTION
-from trdq.methods import num_groups
+from trdq.methods import DEFAULT_FIXED_ALPHA, num_groups, recipe_for
 from trdq.models.loader import LoadedModel
 
 
@@ -82,7 +82,7 @@ def evaluate(model: LoadedModel, scenes: list[shapes.Scene], configs: Sequence[Q
         ``acc_*``, ``shapes_fd``, ``num_prompts``, ``seed``, ``steps``, ``guidance``, ``seconds``;
         quantized records add ``psnr_vs_fp`` (per-image PSNR capped at 100 dB, averaged),
         ``ssim_vs_fp``, ``eps_sqnr_db``,
-        ``eps_sqnr_db_per_step`` and ``calib_seconds``.
+        ``eps_sqnr_db_per_step``, ``calib_seconds`` and the settings of :func:`describe`.
     """
     _check_world(model)
     if configs and not calibration_prompts:
@@ -119,9 +119,20 @@ def evaluate(model: LoadedModel, scenes: list[shapes.Scene], configs: Sequence[Q
             "psnr_vs_fp": float(np.mean(np.minimum(psnr(images, fp_images), 100.0))),
             "ssim_vs_fp": float(np.mean(ssim(images, fp_images))),
             "eps_sqnr_db": float(np.mean(per_step)), "eps_sqnr_db_per_step": per_step,
-            "num_groups": num_groups(config), "calib_seconds": calib_seconds, **common, "seconds": seconds,
+            **describe(config), "calib_seconds": calib_seconds, **common, "seconds": seconds,
         })
     return records
+
+
+def describe(config: QuantConfig) -> dict:
+    """The settings that tell quantized records apart: ``num_groups``, ``smoothing`` (none, fixed
+    or search), ``alpha`` (the fixed value, else None) and ``rotation`` as the method applies them."""
+    recipe = recipe_for(config)
+    alpha = None
+    if recipe.smoothing == "fixed":
+        alpha = config.alpha if config.alpha is not None else DEFAULT_FIXED_ALPHA
+    return {"num_groups": num_groups(config), "smoothing": recipe.smoothing, "alpha": alpha,
+            "rotation": recipe.rotation}
 
 
 def write_json(records: list[dict], path: str | Path) -> None:
