@@ -71,3 +71,28 @@ def test_apply_block_diag_matches_the_dense_product():
     blocks = R.greedy_block_rotation(torch.rand(40, dtype=torch.float64), 16)
     x = torch.randn(5, 40, dtype=torch.float64)
     assert torch.allclose(R.apply_block_diag(x, blocks), x @ R.block_diag(blocks), atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [64, 72, 1152, 30, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_factored_hadamard_applies_like_its_matrix(n, dtype):
+    r = R.hadamard_rotation(n, seed=3)
+    assert torch.allclose(r.matrix() @ r.matrix().T, torch.eye(n, dtype=torch.float64), atol=1e-12)
+    x = torch.randn(6, n, dtype=torch.float64) * torch.linspace(0.1, 20, n, dtype=torch.float64)
+    exact = x @ r.matrix()
+    err_fast = (r.apply(x.to(dtype)).double() - exact).abs().max()
+    err_ref = ((x.to(dtype) @ r.matrix().to(dtype)).double() - exact).abs().max()
+    assert err_fast <= 2 * err_ref + 1e-5 * exact.abs().max()
+
+
+@pytest.mark.parametrize("n, block", [(192, 64), (72, 32)])
+def test_factored_duquant_rotation_matches_its_dense_form(n, block):
+    absmax = torch.rand(n, dtype=torch.float64) + torch.where(torch.arange(n) % 17 == 0, 30.0, 0.0)
+    r1 = R.greedy_block_rotation(absmax, block)
+    perm = R.zigzag_permutation(R.apply_block_diag(absmax[None], r1).abs()[0], block)
+    r2 = R.greedy_block_rotation(absmax[perm], block, seed=1)
+    rot = R.duquant_rotation(r1, perm, r2)
+    dense = R.block_diag(r1) @ R.permutation_matrix(perm) @ R.block_diag(r2)
+    assert torch.allclose(rot.matrix(), dense, atol=1e-12)
+    x = torch.randn(5, n, dtype=torch.float64)
+    assert torch.allclose(rot.apply(x.float()).double(), x @ dense, atol=1e-4)

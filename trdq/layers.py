@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trdq import quantizer
+from trdq.rotation import Rotation
 from trdq.timegroups import GroupState
 
 EXECUTION = "simulated"
@@ -30,12 +31,13 @@ class GroupTransform:
 
     Attributes:
         delta: (C_in,) smoothing factors ``s``.
-        rotation: (C_in, C_in) orthogonal matrix applied after smoothing.
+        rotation: orthogonal (C_in, C_in) transform applied after smoothing (factored; its
+            dense float64 matrix is ``rotation.matrix()``).
         alpha: the smoothing strength that produced ``delta``.
     """
 
     delta: torch.Tensor | None = None
-    rotation: torch.Tensor | None = None
+    rotation: Rotation | None = None
     alpha: float | None = None
 
     @property
@@ -48,13 +50,13 @@ class GroupTransform:
         w = w.double()
         if self.delta is not None:
             w = w * self.delta.double()
-        return w @ self.rotation.double() if self.rotation is not None else w
+        return w @ self.rotation.matrix() if self.rotation is not None else w
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """``X Delta^-1 R`` in ``x``'s dtype, (..., C_in)."""
         if self.delta is not None:
             x = x / self.delta.to(x.dtype)
-        return x @ self.rotation.to(x.dtype) if self.rotation is not None else x
+        return x @ self.rotation.matrix().to(x.dtype) if self.rotation is not None else x
 
 
 class QuantLinear(nn.Module):

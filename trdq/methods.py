@@ -63,8 +63,8 @@ def num_groups(config: QuantConfig) -> int:
 
 
 def fit_rotation(kind: str, sample: torch.Tensor, absmax: torch.Tensor, block_size: int, steps: int,
-                 seed: int) -> torch.Tensor | None:
-    """The (C_in, C_in) rotation of ``kind`` for (already smoothed) inputs, float64.
+                 seed: int) -> rot.Rotation | None:
+    """The (C_in, C_in) rotation of ``kind`` for (already smoothed) inputs, in factored form.
 
     Args:
         sample: (n, C_in) calibration rows, used to measure channel maxima between R1 and R2.
@@ -74,13 +74,13 @@ def fit_rotation(kind: str, sample: torch.Tensor, absmax: torch.Tensor, block_si
     if kind == "none":
         return None
     if kind == "hadamard":
-        return rot.random_hadamard_any(c_in, seed)
+        return rot.hadamard_rotation(c_in, seed)
     block = min(block_size, c_in)
     r1 = rot.greedy_block_rotation(absmax, block, steps, seed)
     m1 = rot.apply_block_diag(sample.double() if len(sample) else absmax.double()[None], r1).abs().amax(0)
     perm = rot.zigzag_permutation(m1, block)
     r2 = rot.greedy_block_rotation(m1[perm], block, steps, seed + 1)
-    return rot.apply_block_diag(rot.block_diag(r1)[:, perm], r2)  # R1 P R2
+    return rot.duquant_rotation(r1, perm, r2)
 
 
 def _error(t: GroupTransform, x: torch.Tensor, w: torch.Tensor, ref: torch.Tensor, config: QuantConfig) -> float:

@@ -13,8 +13,11 @@ All matrices are float64 and orthogonal: ``x @ R`` rotates activations (tokens, 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 
 import torch
+
+from trdq import kernels
 
 DTYPE = torch.float64
 
@@ -106,18 +109,117 @@ def random_orthogonal(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def random_hadamard_any(n: int, seed: int = 0) -> torch.Tensor:
-    """Randomised Hadamard for any width ``n``.
+    """Randomised Hadamard for any width ``n``, dense (see :func:`hadamard_rotation`)."""
+    return hadamard_rotation(n, seed).matrix()
+
+
+def hadamard_rotation(n: int, seed: int = 0) -> Rotation:
+    """Randomised Hadamard for any width ``n``, in factored form.
 
     A full Hadamard where one can be built; otherwise block-diagonal randomised Hadamards of the
     largest buildable order that divides ``n``; for odd ``n`` (no Hadamard block above 1 exists)
     a random orthogonal matrix.
     """
     if hadamard_factors(n) is not None:
-        return random_hadamard(n, seed)
+        return Rotation(n, (("signs", random_signs(n, seed)), ("hadamard", n)))
     block = max((b for b in range(2, n // 2 + 1) if n % b == 0 and hadamard_factors(b)), default=None)
     if block is None:
-        return random_orthogonal(n, seed)
-    return block_diag([random_hadamard(block, seed + i) for i in range(n // block)])
+        return Rotation(n, (("dense", random_orthogonal(n, seed)),))
+    return Rotation(n, (("blocks", [random_hadamard(block, seed + i) for i in range(n // block)]),))
+
+
+def duquant_rotation(r1: list[torch.Tensor], perm: torch.Tensor, r2: list[torch.Tensor]) -> Rotation:
+    """DuQuant's ``R1 P R2``: block rotation, zigzag permutation, block rotation."""
+    return Rotation(int(perm.numel()), (("blocks", r1), ("perm", perm), ("blocks", r2)))
+
+
+@dataclass(frozen=True, eq=False)
+class Rotation:
+    """An orthogonal (C, C) matrix ``R`` kept as the factors it was built from; ``x -> x @ R``.
+
+    Stages apply left to right: ``("signs", s)`` multiplies channels by +-1, ``("blocks", [B..])``
+    multiplies by a block-diagonal matrix, ``("perm", idx)`` reorders channels (``x[..., idx]``),
+    ``("hadamard", n)`` multiplies by :func:`hadamard` ``(n)`` and ``("dense", M)`` by ``M``.
+
+    :meth:`matrix` is the exact float64 matrix (for weight surgery and the simulated path);
+    :meth:`apply` is the fast online form for the real integer path: O(C b) for blocks and
+    O(C (log C + m)) for a Hadamard of order ``m * 2^k`` (fast Walsh-Hadamard on the ``2^k``
+    factor, a small matmul on the ``m`` factor), never a dense (C, C) product.
+    """
+
+    size: int
+    stages: tuple[tuple[str, object], ...]
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def matrix(self) -> torch.Tensor:
+        """Dense float64 ``R`` (C, C), computed once."""
+        if "matrix" not in self._cache:
+            x = torch.eye(self.size, dtype=DTYPE)
+            for kind, value in self.stages:
+                x = _stage_exact(x, kind, value)
+            self._cache["matrix"] = x
+        return self._cache["matrix"]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ R`` for x (..., C), in ``x``'s dtype, through the factors."""
+        key = (x.dtype, x.device)
+        if key not in self._cache:  # factors cast and stacked once per dtype and device
+            self._cache[key] = [(kind, _prepare(kind, value, x.dtype, x.device)) for kind, value in self.stages]
+        for kind, value in self._cache[key]:
+            x = _stage_fast(x, kind, value)
+        return x
+
+    @property
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.stages]
+
+
+def _stage_exact(x: torch.Tensor, kind: str, value) -> torch.Tensor:
+    if kind == "signs":
+        return x * value.to(x.dtype)
+    if kind == "blocks":
+        return apply_block_diag(x, value)
+    if kind == "perm":
+        return x[..., value]
+    if kind == "hadamard":
+        return x @ hadamard(value).to(x.dtype)
+    return x @ value.to(x.dtype)  # dense
+
+
+def _prepare(kind: str, value, dtype: torch.dtype, device: torch.device):
+    """A stage's factors in the form and dtype :func:`_stage_fast` uses."""
+    if kind == "blocks":  # equal blocks first, at most a smaller remainder after them
+        n_full = sum(v.shape[0] == value[0].shape[0] for v in value)
+        rest = [v.to(dtype=dtype, device=device) for v in value[n_full:]]
+        return torch.stack(value[:n_full]).to(dtype=dtype, device=device), rest
+    if kind == "hadamard":
+        m, k = hadamard_factors(value)
+        base = (_sylvester(m) if m <= 2 else _paley(m)) / m**0.5
+        return m, k, base.to(dtype=dtype, device=device)
+    if kind == "perm":
+        return value.to(device)
+    return value.to(dtype=dtype, device=device)  # signs, dense
+
+
+def _stage_fast(x: torch.Tensor, kind: str, value) -> torch.Tensor:
+    if kind == "blocks":
+        full, rest = value
+        cut = full.shape[0] * full.shape[1]
+        head = kernels.block_diag_apply(x[..., :cut], full)
+        return torch.cat([head, apply_block_diag(x[..., cut:], rest)], dim=-1) if rest else head
+    if kind == "hadamard":
+        m, k, base = value
+        y = x.reshape(*x.shape[:-1], m, k)
+        if k > 1:
+            y = kernels.fwht(y)  # the Sylvester factor, along the last axis
+        if m > 1:  # the order-m factor mixes the m rows: Y = base^T X
+            y = torch.einsum("...ik,ij->...jk", y, base)
+        return y.reshape(x.shape)
+    if kind == "signs":
+        return x * value
+    if kind == "perm":
+        return x[..., value]
+    return x @ value  # dense
 
 
 def block_sizes(n: int, block_size: int) -> list[int]:

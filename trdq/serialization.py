@@ -1,8 +1,9 @@
 """Save and load quantized models: safetensors for tensors, a JSON manifest for the rest.
 
 A saved folder holds ``manifest.json`` (format, execution label, base model, config, time-group
-thresholds, per-layer alphas and transform kinds) and ``quantized.safetensors`` (int8 weight codes
-and float64 scales per group, biases, smoothing factors and rotations). Everything else comes from
+thresholds, per-layer alphas, transform kinds and rotation structure) and ``quantized.safetensors``
+(int8 weight codes and float64 scales per group, biases, smoothing factors, and the rotations as
+their factors: blocks, permutations, signs; a Hadamard is rebuilt from its order). Everything else comes from
 the base model, so loading needs the base model but no calibration, and gives bit-identical outputs.
 """
 
@@ -20,9 +21,10 @@ from trdq.api import Model, QuantInfo, assemble, quant_info, replace_module, tra
 from trdq.config import QuantConfig
 from trdq.layers import GroupTransform, QuantLinear
 from trdq.models.loader import LoadedModel, ModelSettings, load_model
+from trdq.rotation import Rotation
 from trdq.timegroups import GroupIndex, GroupState
 
-FORMAT = "trdq-simulated-v1"
+FORMAT = "trdq-simulated-v2"  # v2: rotations stored as their factors
 MANIFEST, TENSORS = "manifest.json", "quantized.safetensors"
 
 
@@ -52,10 +54,10 @@ def save(qmodel: Model, path: str | Path) -> Path:
         for g, t in enumerate(m.transforms):
             if t.delta is not None:
                 tensors[f"{name}.{g}.delta"] = t.delta
-            if t.rotation is not None:  # the forward applies it in float32; store what it uses
-                tensors[f"{name}.{g}.rotation"] = t.rotation.to(m.weights_fq.dtype)
+        rotations = [None if t.rotation is None else _put_rotation(tensors, f"{name}.{g}", t.rotation)
+                     for g, t in enumerate(m.transforms)]
         layers[name] = {"alphas": [t.alpha for t in m.transforms], "kinds": [t.kind for t in m.transforms],
-                        "a_bits": m.a_bits, "a_symmetric": m.a_symmetric}
+                        "rotations": rotations, "a_bits": m.a_bits, "a_symmetric": m.a_symmetric}
     manifest = {
         "format": FORMAT, "execution": info.execution, "base_model": info.base_model,
         "transformer_class": type(transformer).__name__,
@@ -64,6 +66,39 @@ def save(qmodel: Model, path: str | Path) -> Path:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / TENSORS))
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def _put_rotation(tensors: dict[str, torch.Tensor], key: str, rotation: Rotation) -> list:
+    """Store a rotation's factors under ``key.rot<i>...``; returns the manifest entry
+    ``[size, [kind, extra], ...]`` (extra: the Hadamard order, or the number of blocks)."""
+    entry: list = [rotation.size]
+    for i, (kind, value) in enumerate(rotation.stages):
+        if kind == "hadamard":
+            entry.append([kind, value])
+            continue
+        if kind == "blocks":
+            for j, block in enumerate(value):
+                tensors[f"{key}.rot{i}.{j}"] = block
+            entry.append([kind, len(value)])
+            continue
+        tensors[f"{key}.rot{i}"] = value
+        entry.append([kind, None])
+    return entry
+
+
+def _get_rotation(tensors: dict[str, torch.Tensor], key: str, entry: list | None) -> Rotation | None:
+    if entry is None:
+        return None
+    size, *stages = entry
+    out = []
+    for i, (kind, extra) in enumerate(stages):
+        if kind == "hadamard":
+            out.append((kind, extra))
+        elif kind == "blocks":
+            out.append((kind, [tensors[f"{key}.rot{i}.{j}"] for j in range(extra)]))
+        else:
+            out.append((kind, tensors[f"{key}.rot{i}"]))
+    return Rotation(size, tuple(out))
 
 
 def _transformer(model: Model) -> nn.Module:
@@ -101,9 +136,9 @@ def load(path: str | Path, base: Model | None = None) -> Model:
     index = GroupIndex(tuple(manifest["thresholds"]))
     state = GroupState(index)
     for name, meta in manifest["layers"].items():
-        transforms = [GroupTransform(delta=tensors.get(f"{name}.{g}.delta"),
-                                     rotation=tensors.get(f"{name}.{g}.rotation"), alpha=alpha)
-                      for g, alpha in enumerate(meta["alphas"])]
+        transforms = [GroupTransform(delta=tensors.get(f"{name}.{g}.delta"), alpha=alpha,
+                                     rotation=_get_rotation(tensors, f"{name}.{g}", stages))
+                      for g, (alpha, stages) in enumerate(zip(meta["alphas"], meta["rotations"]))]
         dtype = transformer.get_submodule(name).weight.dtype
         replace_module(transformer, name, QuantLinear(
             tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"], tensors.get(f"{name}.bias"), transforms,
