@@ -1,9 +1,10 @@
+import pytest
 import torch
 from torch import nn
 
 from trdq import quantizer as Q
 from trdq import rotation as R
-from trdq.layers import GroupTransform, QuantLinear
+from trdq.layers import GroupTransform, IntLinear, QuantLinear
 from trdq.smoothing import smoothing_factors
 from trdq.timegroups import GroupIndex, GroupState
 
@@ -47,3 +48,46 @@ def test_each_time_group_uses_its_own_weights():
     y1 = layer(x)
     assert layer.num_groups == 2 and not torch.allclose(y0, y1)
     assert "simulated" in repr(layer)
+
+
+def _two_group_layer(w_bits, a_bits, a_symmetric=False, c_in=72):
+    lin, x = _linear(c_in=c_in)
+    s = smoothing_factors(x.abs().flatten(0, 1).amax(0), lin.weight.abs().amax(0), 0.5)
+    absmax = (x / s).abs().flatten(0, 1).amax(0).double()
+    r1 = R.greedy_block_rotation(absmax, 32)
+    perm = R.zigzag_permutation(R.apply_block_diag(absmax[None], r1).abs()[0], 32)
+    duquant = R.duquant_rotation(r1, perm, R.greedy_block_rotation(absmax[perm], 32, seed=1))
+    transforms = [GroupTransform(delta=s, rotation=duquant, alpha=0.5), GroupTransform(rotation=R.hadamard_rotation(c_in))]
+    state = GroupState(GroupIndex((500.0,)))
+    return QuantLinear.from_linear(lin, transforms, w_bits, a_bits, state, a_symmetric=a_symmetric), x, state
+
+
+@pytest.mark.parametrize("w_bits, a_bits, a_symmetric", [(8, 8, False), (4, 8, False), (8, 8, True), (4, 4, False)])
+def test_real_integer_layer_matches_the_simulated_one(w_bits, a_bits, a_symmetric):
+    sim, x, state = _two_group_layer(w_bits, a_bits, a_symmetric)
+    real = IntLinear.from_quant(sim, w_bits)
+    assert real.packed == (w_bits <= 4)
+    for group in (0, 1):
+        state.group = group
+        y_sim, y_real = sim(x), real(x)
+        # same codes, another order of float operations: only float32 rounding differs here
+        # (an activation on a rounding boundary could move one code; none does on this input)
+        assert Q.sqnr_db(y_sim, y_real) > 90
+        assert (y_sim - y_real).abs().max() < 1e-4 * y_sim.abs().max()
+
+
+def test_identical_group_codes_are_stored_once_and_4_bit_weights_take_half_a_byte():
+    lin, x = _linear()
+    state = GroupState(GroupIndex((500.0, 100.0)))
+    sim = QuantLinear.from_linear(lin, [GroupTransform()] * 3, 4, 8, state)
+    real = IntLinear.from_quant(sim, 4)
+    assert real.w_store.shape[0] == 1 and real.copy_of_group == [0, 0, 0]
+    assert real.w_store.dtype == torch.uint8 and real.w_store.numel() == lin.weight.numel() // 2
+    assert torch.equal(real._codes(0), sim.w_codes[0])
+
+
+def test_real_layer_rejects_grouped_weights():
+    lin, _ = _linear()
+    sim = QuantLinear.from_linear(lin, [GroupTransform()], 4, 8, GroupState(), w_group_size=8)
+    with pytest.raises(ValueError, match="w_group_size=None"):
+        IntLinear.from_quant(sim, 4)

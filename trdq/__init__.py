@@ -6,10 +6,11 @@
                                            time_groups=trdq.TimeGroups(4)), prompts)
     trdq.save(q, "out/q"); q2 = trdq.load("out/q", base=fp)
 
-Quantized execution is simulated (fake quant) in this version; results say so.
+``trdq.quantize`` gives a simulated (fake quant) model; ``trdq.realize`` turns it into real integer
+execution (int8 GEMMs, packed 4-bit weights). Results say which.
 """
 
-from trdq.api import calibrate, convert, prepare, quantize
+from trdq.api import calibrate, convert, prepare, quantize, realize
 from trdq.config import QuantConfig, TimeGroups
 from trdq.generate import generate_images
 from trdq.models.adapters import UnsupportedArchitectureError
@@ -18,5 +19,5 @@ from trdq.serialization import load, save
 
 __all__ = [
     "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "convert", "generate_images",
-    "load", "load_model", "prepare", "quantize", "save",
+    "load", "load_model", "prepare", "quantize", "realize", "save",
 ]

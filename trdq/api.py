@@ -11,6 +11,7 @@ model shares everything but the transformer.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from torch import nn
 from trdq.calibrate import Calibration
 from trdq.config import QuantConfig, TimeGroups
 from trdq.generate import generate_images
-from trdq.layers import QuantLinear
+from trdq.layers import EXECUTION, IntLinear, QuantLinear
 from trdq.methods import fit_layer, num_groups
 from trdq.models.adapters import Adapter, UnsupportedArchitectureError, adapter_for
 from trdq.models.loader import LoadedModel, ModelSettings
@@ -204,8 +205,46 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
 def track_quantized(transformer: nn.Module, state: GroupState, info: QuantInfo) -> None:
     """Make a transformer with quantized layers find its time group at every call and carry
     ``info`` as ``transformer.trdq_info``."""
-    track_timestep(transformer, state, adapter_for(transformer).timestep_position)
-    transformer.trdq_info = info
+    handle = track_timestep(transformer, state, adapter_for(transformer).timestep_position)
+    transformer.trdq_info, transformer.trdq_hook_id = info, handle.id
+
+
+def realize(qmodel: Model) -> Model:
+    """Real integer execution of a quantized model (METHOD.md section 7, option (a)).
+
+    Every simulated :class:`~trdq.layers.QuantLinear` becomes an :class:`~trdq.layers.IntLinear`
+    holding the same integer codes: int8 GEMMs on per-token int8 activations, 4-bit weights
+    packed two per byte, one weight copy per distinct time-group transform, the group's
+    transform applied to activations online. Non-destructive: ``qmodel`` stays simulated.
+
+    Returns:
+        The same kind of object as ``qmodel``, labelled ``"real integer"``.
+
+    Raises:
+        ValueError: for a model that is not quantized, activations wider than 8 bits (none are:
+            bits are 2..8) or grouped weights.
+    """
+    info = quant_info(qmodel)
+    if info is None or info.execution != EXECUTION:
+        raise ValueError("realize() takes a simulated quantized model, the output of trdq.quantize() or trdq.load()")
+    if info.config.w_group_size is not None:
+        raise ValueError("the real integer path quantizes weights per output channel; quantize with w_group_size=None")
+    source = qmodel.pipe.transformer if isinstance(qmodel, LoadedModel) else getattr(qmodel, "transformer", qmodel)
+    transformer = copy.deepcopy(source)
+    # the copied timestep hook would drive the original's state: drop it, track the copy's own
+    transformer._forward_pre_hooks.pop(transformer.trdq_hook_id, None)
+    transformer._forward_pre_hooks_with_kwargs.pop(transformer.trdq_hook_id, None)
+    state = GroupState(info.index)
+    for name, m in list(transformer.named_modules()):
+        if isinstance(m, QuantLinear):
+            m.state = state
+            replace_module(transformer, name, IntLinear.from_quant(m, info.config.w_bits))
+    track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
+    if isinstance(qmodel, LoadedModel):
+        return assemble(qmodel, transformer)
+    if source is not qmodel:  # a diffusers pipeline
+        return assemble(LoadedModel(type(qmodel).__name__, qmodel, ModelSettings()), transformer).pipe
+    return transformer
 
 
 def quant_info(model: Model) -> QuantInfo | None:
@@ -222,8 +261,8 @@ def assemble(base: LoadedModel, transformer: nn.Module) -> LoadedModel:
     info = transformer.trdq_info
     pipe = type(base.pipe)(**{**base.pipe.components, "transformer": transformer})
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(name=f"{base.name}:{info.config.method}-{info.config.bits}", pipe=pipe,
-                       settings=base.settings, quant=info)
+    label = f"{info.config.method}-{info.config.bits}" + ("-int" if info.execution != EXECUTION else "")
+    return LoadedModel(name=f"{info.base_model}:{label}", pipe=pipe, settings=base.settings, quant=info)
 
 
 def quantize(model: Model, config: QuantConfig, calibration_data: Sequence, steps: int | None = None,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trdq import quantizer
+from trdq import kernels, quantizer
 from trdq.rotation import Rotation
 from trdq.timegroups import GroupState
 
@@ -116,3 +116,92 @@ class QuantLinear(nn.Module):
         kinds = ",".join(t.kind for t in self.transforms)
         return (f"in={self.in_features}, out={self.out_features}, a_bits={self.a_bits}, "
                 f"groups={self.num_groups} [{kinds}], {EXECUTION}")
+
+
+class IntLinear(nn.Module):
+    """The real integer twin of :class:`QuantLinear` (METHOD.md section 7, option (a)).
+
+    Per call: the current group's transform is applied to the activations online (``X Delta^-1``
+    then the factored rotation, never a dense (C, C) product), the result is quantized per token
+    to int8 codes, and one int8 GEMM with int32 accumulation runs against that group's weight
+    codes (:func:`trdq.kernels.int8_linear`). Weights of 4 bits or fewer are stored packed two
+    per byte and unpacked at call time, so their memory really is 4-bit. Groups whose weight
+    codes are identical share one stored copy.
+
+    Build it with :meth:`from_quant`; its outputs match the simulated layer's up to float32
+    rounding (the same codes, a different order of operations).
+    """
+
+    execution = "real integer"
+
+    def __init__(self, w_store: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                 transforms: list[GroupTransform], copy_of_group: list[int], w_bits: int, a_bits: int,
+                 a_symmetric: bool, state: GroupState, in_features: int):
+        """Args:
+            w_store: (copies, C_out, C_in) int8 codes, or (copies, C_out, C_in // 2) uint8 packed
+                int4 codes when ``w_bits <= 4``.
+            w_scale: (copies, C_out, 1) float32 per-channel scales.
+            copy_of_group: the stored copy each time group uses.
+        """
+        super().__init__()
+        self.register_buffer("w_store", w_store)
+        self.register_buffer("w_scale", w_scale.float())
+        codes = self._codes_all()
+        self.register_buffer("w_rowsum", torch.stack([kernels.weight_rowsum(c) for c in codes]))  # (copies, C_out)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        self.transforms, self.copy_of_group = transforms, copy_of_group
+        self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
+        self.in_features, self.out_features = in_features, w_scale.shape[1]
+
+    @property
+    def packed(self) -> bool:
+        return self.w_store.dtype == torch.uint8
+
+    def _codes_all(self) -> list[torch.Tensor]:
+        return [self._codes(c) for c in range(self.w_store.shape[0])]
+
+    def _codes(self, copy: int) -> torch.Tensor:  # (C_out, C_in) int8
+        return kernels.unpack_int4(self.w_store[copy]) if self.packed else self.w_store[copy]
+
+    @classmethod
+    def from_quant(cls, layer: QuantLinear, w_bits: int) -> IntLinear:
+        """Store ``layer``'s weight codes for integer execution.
+
+        Raises:
+            ValueError: for grouped weights or activations wider than 8 bits.
+        """
+        if layer.w_codes.dim() != 3:
+            raise ValueError("the real integer path quantizes weights per output channel; "
+                             "quantize with w_group_size=None")
+        copies, copy_of_group = [], []
+        for g in range(layer.num_groups):
+            same = next((i for i, h in enumerate(copies) if torch.equal(layer.w_codes[h], layer.w_codes[g])
+                         and torch.equal(layer.w_scale[h], layer.w_scale[g])), None)
+            if same is None:
+                copies.append(g)
+                same = len(copies) - 1
+            copy_of_group.append(same)
+        codes = layer.w_codes[copies]  # (copies, C_out, C_in) int8
+        store = kernels.pack_int4(codes) if w_bits <= 4 and codes.shape[-1] % 2 == 0 else codes
+        return cls(store, layer.w_scale[copies].float(), layer.bias, layer.transforms, copy_of_group, w_bits,
+                   layer.a_bits, layer.a_symmetric, layer.state, layer.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C_in) -> (..., C_out)
+        g = self.state.group
+        if g >= len(self.transforms):
+            raise RuntimeError(f"time group {g} but this layer was calibrated with {len(self.transforms)} groups")
+        t = self.transforms[g]
+        xt = x.float()
+        if t.delta is not None:
+            xt = xt / t.delta.to(dtype=xt.dtype, device=xt.device)
+        if t.rotation is not None:
+            xt = t.rotation.apply(xt)
+        codes, scale, zero = kernels.quantize_per_token_int8(xt, self.a_bits, self.a_symmetric)
+        c = self.copy_of_group[g]
+        return kernels.int8_linear(codes, scale, zero, self._codes(c), self.w_scale[c], self.bias,
+                                   out_dtype=x.dtype, w_rowsum=self.w_rowsum[c])
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"
+                f"{' packed' if self.packed else ''}, a_bits={self.a_bits}, groups={len(self.transforms)}, "
+                f"weight copies={self.w_store.shape[0]}, {self.execution}")

@@ -19,7 +19,7 @@ from torch import nn
 
 from trdq.api import Model, QuantInfo, assemble, quant_info, replace_module, track_quantized
 from trdq.config import QuantConfig
-from trdq.layers import GroupTransform, QuantLinear
+from trdq.layers import EXECUTION, GroupTransform, QuantLinear
 from trdq.models.loader import LoadedModel, ModelSettings, load_model
 from trdq.rotation import Rotation
 from trdq.timegroups import GroupIndex, GroupState
@@ -40,6 +40,9 @@ def save(qmodel: Model, path: str | Path) -> Path:
     info = quant_info(qmodel)
     if info is None:
         raise ValueError(f"this {type(qmodel).__name__} is not quantized; save the output of trdq.quantize()")
+    if info.execution != EXECUTION:
+        raise ValueError("save the simulated model (the output of trdq.quantize) and call trdq.realize() "
+                         "after trdq.load(); real integer models are rebuilt, not saved")
     transformer = _transformer(qmodel)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
