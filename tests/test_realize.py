@@ -8,7 +8,7 @@ import trdq
 from trdq.api import quant_info
 from trdq.eval.metrics import psnr
 from trdq.generate import generate_images
-from trdq.layers import IntLinear, QuantLinear
+from trdq.layers import IntLinear, QuantLinear, SharedIntLinear
 from trdq.quantizer import sqnr_db
 
 PROMPTS = ["a large red circle in the center", "a small blue star on the left"]
@@ -57,3 +57,28 @@ def test_real_models_are_not_saved(tiny_pixart, tmp_path):
     with pytest.raises(ValueError, match="realize\\(\\) after trdq.load"):
         trdq.save(real, tmp_path / "q")
     assert np.isfinite(generate_images(real, PROMPTS[:1], [0], steps=2)).all()
+
+
+@pytest.mark.parametrize("w_bits", [8, 4])
+def test_shared_deployment_keeps_one_master_and_stays_close(tiny_pixart_72, w_bits):
+    config = trdq.QuantConfig(w_bits=w_bits, a_bits=8, time_groups=trdq.TimeGroups(2), block_size=32)
+    sim = trdq.quantize(tiny_pixart_72, config, PROMPTS, steps=4)
+    shared = trdq.realize(sim, deployment="shared", base=tiny_pixart_72)
+    layers = [m for m in shared.pipe.transformer.modules() if isinstance(m, SharedIntLinear)]
+    assert len(layers) == 20
+    images_fp = generate_images(tiny_pixart_72, PROMPTS, [0, 1], steps=4)
+    images_sim = generate_images(sim, PROMPTS, [0, 1], steps=4)
+    images_shared = generate_images(shared, PROMPTS, [0, 1], steps=4)
+    # the 8-bit master adds its rounding under each group's codes: close to, not equal to, (a)
+    assert psnr(images_shared, images_fp).mean() > psnr(images_sim, images_fp).mean() - 3
+    for m in layers:
+        assert m.master.dtype == torch.int8 and m.master.shape == (m.out_features, m.in_features)
+        assert m.w_store.numel() in (m.master.numel(), m.master.numel() // 2)  # one active copy
+
+
+def test_shared_deployment_needs_the_base_model(tiny_pixart):
+    sim = trdq.quantize(tiny_pixart, trdq.QuantConfig(), PROMPTS, steps=4)
+    with pytest.raises(ValueError, match="pass base="):
+        trdq.realize(sim, deployment="shared")
+    with pytest.raises(ValueError, match="per-group, shared"):
+        trdq.realize(sim, deployment="folded")

@@ -23,7 +23,7 @@ from torch import nn
 from trdq.calibrate import Calibration
 from trdq.config import QuantConfig, TimeGroups
 from trdq.generate import generate_images
-from trdq.layers import EXECUTION, IntLinear, QuantLinear
+from trdq.layers import EXECUTION, IntLinear, QuantLinear, SharedIntLinear
 from trdq.methods import fit_layer, num_groups
 from trdq.models.adapters import Adapter, UnsupportedArchitectureError, adapter_for
 from trdq.models.loader import LoadedModel, ModelSettings
@@ -209,21 +209,36 @@ def track_quantized(transformer: nn.Module, state: GroupState, info: QuantInfo) 
     transformer.trdq_info, transformer.trdq_hook_id = info, handle.id
 
 
-def realize(qmodel: Model) -> Model:
-    """Real integer execution of a quantized model (METHOD.md section 7, option (a)).
+DEPLOYMENTS = ("per-group", "shared")
 
-    Every simulated :class:`~trdq.layers.QuantLinear` becomes an :class:`~trdq.layers.IntLinear`
-    holding the same integer codes: int8 GEMMs on per-token int8 activations, 4-bit weights
-    packed two per byte, one weight copy per distinct time-group transform, the group's
-    transform applied to activations online. Non-destructive: ``qmodel`` stays simulated.
+
+def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = None) -> Model:
+    """Real integer execution of a quantized model (METHOD.md section 7).
+
+    Every simulated :class:`~trdq.layers.QuantLinear` becomes a real integer layer: int8 GEMMs
+    on per-token int8 activations, 4-bit weights packed two per byte, the time group's transform
+    applied to activations online in factored form. Non-destructive: ``qmodel`` stays simulated.
+
+    Args:
+        qmodel: a simulated quantized model (from :func:`quantize` or :func:`trdq.load`).
+        deployment: ``per-group`` (option (a): the simulated model's own codes, one stored copy per
+            distinct time-group transform; outputs match the simulated path to float32 rounding)
+            or ``shared`` (option (b): one int8 master of the FP weight, each group's codes rebuilt
+            from it when the group changes; needs ``base``).
+        base: the full-precision model ``qmodel`` was made from (for ``shared``).
 
     Returns:
         The same kind of object as ``qmodel``, labelled ``"real integer"``.
 
     Raises:
-        ValueError: for a model that is not quantized, activations wider than 8 bits (none are:
-            bits are 2..8) or grouped weights.
+        ValueError: for a model that is not a simulated quantized one, grouped weights, an unknown
+            deployment, or ``shared`` without ``base``.
     """
+    if deployment not in DEPLOYMENTS:
+        raise ValueError(f"unknown deployment {deployment!r}; choose one of {', '.join(DEPLOYMENTS)}")
+    if deployment == "shared" and base is None:
+        raise ValueError("deployment='shared' rebuilds every group's weights from an int8 master of the "
+                         "full-precision weights: pass base=<the FP model the quantized one was made from>")
     info = quant_info(qmodel)
     if info is None or info.execution != EXECUTION:
         raise ValueError("realize() takes a simulated quantized model, the output of trdq.quantize() or trdq.load()")
@@ -235,10 +250,14 @@ def realize(qmodel: Model) -> Model:
     transformer._forward_pre_hooks.pop(transformer.trdq_hook_id, None)
     transformer._forward_pre_hooks_with_kwargs.pop(transformer.trdq_hook_id, None)
     state = GroupState(info.index)
+    fp = None if base is None else _unwrap(base)[1]
     for name, m in list(transformer.named_modules()):
         if isinstance(m, QuantLinear):
             m.state = state
-            replace_module(transformer, name, IntLinear.from_quant(m, info.config.w_bits))
+            w_bits = info.config.w_bits
+            layer = (IntLinear.from_quant(m, w_bits) if deployment == "per-group"
+                     else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits))
+            replace_module(transformer, name, layer)
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
     if isinstance(qmodel, LoadedModel):
         return assemble(qmodel, transformer)

@@ -197,11 +197,74 @@ class IntLinear(nn.Module):
         if t.rotation is not None:
             xt = t.rotation.apply(xt)
         codes, scale, zero = kernels.quantize_per_token_int8(xt, self.a_bits, self.a_symmetric)
+        w_codes, w_scale, w_rowsum = self._weights(g)
+        return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, self.bias, out_dtype=x.dtype,
+                                   w_rowsum=w_rowsum)
+
+    def _weights(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group ``g``'s int8 weight codes (C_out, C_in), scales (C_out, 1) and code row sums."""
         c = self.copy_of_group[g]
-        return kernels.int8_linear(codes, scale, zero, self._codes(c), self.w_scale[c], self.bias,
-                                   out_dtype=x.dtype, w_rowsum=self.w_rowsum[c])
+        return self._codes(c), self.w_scale[c], self.w_rowsum[c]
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"
                 f"{' packed' if self.packed else ''}, a_bits={self.a_bits}, groups={len(self.transforms)}, "
                 f"weight copies={self.w_store.shape[0]}, {self.execution}")
+
+
+class SharedIntLinear(IntLinear):
+    """Real integer linear with one stored weight copy (METHOD.md section 7, option (b)).
+
+    The layer keeps an int8 master of its full-precision weight (per output channel, in the
+    original frame) and, when the time group changes, rebuilds that group's weight codes from it
+    online: ``Q(W_master Delta_g R_g)`` with the factored rotation. Memory is the master plus the
+    active group's codes (packed when 4-bit) instead of one copy per group; the price is a
+    rebuild at every group switch and the master's 8-bit rounding under the group's codes.
+    """
+
+    def __init__(self, master: torch.Tensor, master_scale: torch.Tensor, bias: torch.Tensor | None,
+                 transforms: list[GroupTransform], w_bits: int, a_bits: int, a_symmetric: bool, state: GroupState):
+        nn.Module.__init__(self)
+        self.register_buffer("master", master.to(torch.int8))  # (C_out, C_in)
+        self.register_buffer("master_scale", master_scale.float())  # (C_out, 1)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        self.transforms, self.copy_of_group = transforms, list(range(len(transforms)))
+        self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
+        self.out_features, self.in_features = master.shape
+        self._active: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.register_buffer("w_store", torch.empty(0, dtype=torch.int8), persistent=False)  # the active copy
+
+    @classmethod
+    def from_weight(cls, layer: QuantLinear, weight: torch.Tensor, w_bits: int) -> SharedIntLinear:
+        """Args:
+            layer: the simulated layer (for its transforms, bias and activation settings).
+            weight: the full-precision weight (C_out, C_in) it was made from.
+        """
+        p = quantizer.per_channel_params(weight.detach().double(), 8, symmetric=True)
+        master = quantizer.quantize(weight.detach().double(), p)
+        return cls(master, p.scale, layer.bias, layer.transforms, w_bits, layer.a_bits, layer.a_symmetric,
+                   layer.state)
+
+    @property
+    def packed(self) -> bool:
+        return self.w_bits <= 4 and self.in_features % 2 == 0
+
+    def _weights(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._active is None or self._active[0] != g:
+            t = self.transforms[g]
+            w = self.master.float() * self.master_scale  # (C_out, C_in)
+            if t.delta is not None:
+                w = w * t.delta.float()
+            if t.rotation is not None:
+                w = t.rotation.apply(w)
+            p = quantizer.per_channel_params(w, self.w_bits, symmetric=True)
+            codes = quantizer.quantize(w, p).to(torch.int8)
+            self.w_store = kernels.pack_int4(codes) if self.packed else codes
+            self._active = (g, p.scale, kernels.weight_rowsum(codes), codes if not self.packed else None)
+        _, scale, rowsum, codes = self._active
+        return (kernels.unpack_int4(self.w_store) if codes is None else codes), scale, rowsum
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"
+                f"{' packed' if self.packed else ''}, a_bits={self.a_bits}, groups={len(self.transforms)}, "
+                f"one int8 master + the active group, {self.execution}")
