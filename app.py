@@ -1,7 +1,8 @@
 """trdq app: the full-precision model and its TR-DQ (or baseline) quantization side by side.
 
 Run ``python app.py`` and open the printed address. Both images come from the same seed; the
-quantized one is labelled with how it ran ("simulated": fake quantization in floating point).
+quantized one is labelled with how it ran: "simulated" (fake quantization in floating point) or
+"real integer" (int8 GEMMs, packed 4-bit weights).
 Quantized models are calibrated once per configuration and cached for the session.
 """
 
@@ -42,6 +43,18 @@ def quantized_model(config: trdq.QuantConfig) -> trdq.LoadedModel:
     return trdq.quantize(fp_model(), config, CALIBRATION_PROMPTS)
 
 
+EXECUTIONS = {"simulated": None, "real integer (per-group weights)": "per-group",
+              "real integer (one shared weight copy)": "shared"}
+
+
+@functools.lru_cache(maxsize=8)
+def executed_model(config: trdq.QuantConfig, execution: str) -> trdq.LoadedModel:
+    """The quantized model of ``config`` run as ``execution`` (a key of :data:`EXECUTIONS`)."""
+    deployment = EXECUTIONS[execution]
+    simulated = quantized_model(config)
+    return simulated if deployment is None else trdq.realize(simulated, deployment, base=fp_model())
+
+
 def make_config(method: str, bits: str, groups: float, rotation: str, search_alpha: bool,
                 alpha: float) -> trdq.QuantConfig:
     """UI values -> a validated config; invalid values become a UI error that says what to change."""
@@ -61,7 +74,7 @@ def _sample(model: trdq.LoadedModel, prompt: str, seed: int, steps: int, guidanc
 
 
 def compare(prompt: str, seed: float, steps: float, guidance: float, method: str, bits: str, groups: float,
-            rotation: str, search_alpha: bool, alpha: float,
+            rotation: str, search_alpha: bool, alpha: float, execution: str = "simulated",
             progress=gr.Progress()) -> tuple[np.ndarray, str, np.ndarray, str]:
     """Handler of the Compare button: FP and quantized images from one seed, with facts about each."""
     prompt = (prompt or "").strip()
@@ -75,12 +88,14 @@ def compare(prompt: str, seed: float, steps: float, guidance: float, method: str
     if unknown := shapes.unknown_words(prompt):
         gr.Warning(f"The model never saw these words: {', '.join(unknown)}. It knows: {shapes.GRAMMAR}.")
     config = make_config(method, bits, groups, rotation, search_alpha, alpha)
+    if execution not in EXECUTIONS:
+        raise gr.Error(f"Unknown execution {execution!r}; choose one of: {', '.join(EXECUTIONS)}.")
     seed, steps = int(seed), int(steps)
     progress(0.05, desc="full precision")
     fp_image, fp_seconds = _sample(fp_model(), prompt, seed, steps, guidance)
     progress(0.35, desc=f"calibrating {method} {bits} (once per setting)")
     try:
-        qmodel = quantized_model(config)
+        qmodel = executed_model(config, execution)
     except ValueError as err:
         raise gr.Error(str(err)) from None
     progress(0.75, desc=f"{method} {bits}")
@@ -95,9 +110,9 @@ def compare(prompt: str, seed: float, steps: float, guidance: float, method: str
 with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
     gr.Markdown(
         "# trdq\nTR-DQ post-training quantization for diffusion transformers, on the embedded "
-        f"**{MODEL}** PixArt-alpha pipeline. Prompts follow `{shapes.GRAMMAR}`. Quantized execution "
-        "is **simulated** (fake quantization in floating point): it shows the method's numerics, "
-        "not its speed."
+        f"**{MODEL}** PixArt-alpha pipeline. Prompts follow `{shapes.GRAMMAR}`. Quantized models run "
+        "**simulated** (fake quantization in floating point: the method's numerics) or as **real "
+        "integer** code (int8 GEMMs, 4-bit weights packed two per byte)."
     )
     with gr.Row():
         with gr.Column(scale=1):
@@ -112,6 +127,7 @@ with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
                 rotation = gr.Radio(list(ROTATIONS), value="duquant", label="Rotation (TR-DQ)")
                 search_alpha = gr.Checkbox(value=True, label="Search alpha per time group")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Fixed alpha (when not searched)")
+                execution = gr.Radio(list(EXECUTIONS), value="simulated", label="Execution")
             button = gr.Button("Compare", variant="primary")
         with gr.Column(scale=2):
             with gr.Row():
@@ -121,8 +137,8 @@ with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
                 fp_info = gr.Markdown()
                 q_info = gr.Markdown()
     gr.Examples(EXAMPLES, inputs=[prompt, seed])
-    button.click(compare, inputs=[prompt, seed, steps, guidance, method, bits, groups, rotation, search_alpha, alpha],
-                 outputs=[fp_image, fp_info, q_image, q_info], api_name="compare")
+    button.click(compare, inputs=[prompt, seed, steps, guidance, method, bits, groups, rotation, search_alpha, alpha,
+                                  execution], outputs=[fp_image, fp_info, q_image, q_info], api_name="compare")
 
 demo.queue(default_concurrency_limit=1)
 

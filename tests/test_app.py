@@ -19,9 +19,9 @@ def test_compare_returns_both_images_labelled():
 
 def test_quantized_models_are_cached_per_configuration():
     _compare()
-    hits = app.quantized_model.cache_info().hits
+    hits = app.executed_model.cache_info().hits
     _compare(seed=5)
-    assert app.quantized_model.cache_info().hits == hits + 1
+    assert app.executed_model.cache_info().hits == hits + 1
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -37,3 +37,14 @@ def test_bad_input_is_a_ui_error_that_says_what_to_change(kw, match):
 
 def test_demo_is_a_blocks_app():
     assert isinstance(app.demo, gr.Blocks)
+
+
+@pytest.mark.parametrize("execution", ["real integer (per-group weights)", "real integer (one shared weight copy)"])
+def test_real_integer_execution_is_labelled(execution):
+    _, _, q_image, q_info = _compare(execution=execution, bits="w4a8")
+    assert q_image.shape == (64, 64, 3) and "real integer" in q_info and "W4A8" in q_info
+
+
+def test_unknown_execution_is_a_ui_error():
+    with pytest.raises(gr.Error, match="Unknown execution"):
+        _compare(execution="gpu")
