@@ -13,6 +13,7 @@ All matrices are float64 and orthogonal: ``x @ R`` rotates activations (tokens, 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -142,9 +143,10 @@ class Rotation:
     ``("hadamard", n)`` multiplies by :func:`hadamard` ``(n)`` and ``("dense", M)`` by ``M``.
 
     :meth:`matrix` is the exact float64 matrix (for weight surgery and the simulated path);
-    :meth:`apply` is the fast online form for the real integer path: O(C b) for blocks and
-    O(C (log C + m)) for a Hadamard of order ``m * 2^k`` (fast Walsh-Hadamard on the ``2^k``
-    factor, a small matmul on the ``m`` factor), never a dense (C, C) product.
+    :meth:`apply` is the fast online form for the real integer path: O(C b) per token for blocks
+    of b and O(C (m + 2^k)) for a Hadamard of order ``m * 2^k`` (one small matmul per Kronecker
+    factor; in eager PyTorch on CPU a 32-wide matmul beats the butterflies of
+    :func:`trdq.kernels.fwht`), never a dense (C, C) product.
     """
 
     size: int
@@ -193,12 +195,25 @@ def _prepare(kind: str, value, dtype: torch.dtype, device: torch.device):
         rest = [v.to(dtype=dtype, device=device) for v in value[n_full:]]
         return torch.stack(value[:n_full]).to(dtype=dtype, device=device), rest
     if kind == "hadamard":
-        m, k = hadamard_factors(value)
-        base = (_sylvester(m) if m <= 2 else _paley(m)) / m**0.5
-        return m, k, base.to(dtype=dtype, device=device)
+        return [f.to(dtype=dtype, device=device) for f in _hadamard_kron_factors(value)]
     if kind == "perm":
         return value.to(device)
     return value.to(dtype=dtype, device=device)  # signs, dense
+
+
+MAX_KRON_FACTOR = 64
+
+
+def _hadamard_kron_factors(n: int) -> list[torch.Tensor]:
+    """Orthonormal factors whose Kronecker product is :func:`hadamard` ``(n)``: the order-m base,
+    then Sylvester factors of at most :data:`MAX_KRON_FACTOR` (``H_ab = H_a kron H_b``)."""
+    m, k = hadamard_factors(n)
+    factors = [(_sylvester(m) if m <= 2 else _paley(m)) / m**0.5] if m > 1 else []
+    while k > 1:
+        a = min(k, MAX_KRON_FACTOR)
+        factors.append(_sylvester(a) / a**0.5)
+        k //= a
+    return factors or [torch.ones(1, 1, dtype=DTYPE)]
 
 
 def _stage_fast(x: torch.Tensor, kind: str, value) -> torch.Tensor:
@@ -207,18 +222,18 @@ def _stage_fast(x: torch.Tensor, kind: str, value) -> torch.Tensor:
         cut = full.shape[0] * full.shape[1]
         head = kernels.block_diag_apply(x[..., :cut], full)
         return torch.cat([head, apply_block_diag(x[..., cut:], rest)], dim=-1) if rest else head
-    if kind == "hadamard":
-        m, k, base = value
-        y = x.reshape(*x.shape[:-1], m, k)
-        if k > 1:
-            y = kernels.fwht(y)  # the Sylvester factor, along the last axis
-        if m > 1:  # the order-m factor mixes the m rows: Y = base^T X
-            y = torch.einsum("...ik,ij->...jk", y, base)
+    if kind == "hadamard":  # x @ (F_1 kron F_2 kron ...): one small matmul along each factor's axis
+        sizes = [f.shape[0] for f in value]
+        y = x.reshape(-1, x.shape[-1])
+        for j, f in enumerate(value):
+            trail = math.prod(sizes[j + 1:])
+            y = (y.reshape(-1, sizes[j]) @ f if trail == 1
+                 else f.T @ y.reshape(-1, sizes[j], trail))  # (B, a, trail): mixes along axis j
         return y.reshape(x.shape)
     if kind == "signs":
         return x * value
     if kind == "perm":
-        return x[..., value]
+        return x.index_select(-1, value)  # much faster than x[..., value] on CPU
     return x @ value  # dense
 
 
