@@ -163,13 +163,16 @@ class Rotation:
         return self._cache["matrix"]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ R`` for x (..., C), in ``x``'s dtype, through the factors."""
-        key = (x.dtype, x.device)
+        """``x @ R`` for x (..., C), in ``x``'s dtype, through the factors (half-precision inputs
+        are transformed in float32 and rounded once at the end)."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        key = (dtype, x.device)
         if key not in self._cache:  # factors cast and stacked once per dtype and device
-            self._cache[key] = [(kind, _prepare(kind, value, x.dtype, x.device)) for kind, value in self.stages]
+            self._cache[key] = [(kind, _prepare(kind, value, dtype, x.device)) for kind, value in self.stages]
+        y = x.to(dtype)
         for kind, value in self._cache[key]:
-            x = _stage_fast(x, kind, value)
-        return x
+            y = _stage_fast(y, kind, value)
+        return y.to(x.dtype)
 
     @property
     def kinds(self) -> list[str]:
