@@ -84,11 +84,48 @@ def outlier_table(path: Path, shown_steps: tuple[int, ...] = (0, 5, 10, 15, 19))
     return _markdown(pd.DataFrame(rows))
 
 
+def bench_table(path: Path) -> str:
+    """Per backend: transformer step latency, image latency, weight bytes and memory, with the
+    setup and machine of the run above the table (``python -m trdq bench``)."""
+
+    def ratio(r: dict, base: str, key: str) -> str:
+        value = (r.get(f"vs_{base}") or {}).get(key)
+        return "-" if value is None else f"{value:.2f}x"
+
+    report = json.loads(path.read_text())
+    setup, m = report["setup"], report["machine"]
+    changed = ", ".join(f"{k}={v}" for k, v in report["spec"]["overrides"].items())
+    head = (f"{report['model']}{f' ({changed})' if changed else ''}, {setup['resolution_px']} px "
+            f"({setup['image_tokens']} image tokens, {setup['text_tokens']} text tokens), per-step batch "
+            f"{report['batch']} at t={setup['timestep']:g}; median of {report['repeats']} steps after "
+            f"{report['warmup']} warm-up. {m['cpu']}, {m['usable_cores']} cores, threads {m['threads']}, "
+            f"torch {m['torch']}, {m['date'][:10]}.")
+    rows = []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            rows.append({"backend": r["backend"], "execution": r.get("execution", "-"),
+                         "step (ms)": f"{r['status']}: see JSON"})
+            continue
+        e2e = r["e2e_s_per_image"]
+        rows.append({
+            "backend": r["backend"], "execution": r["execution"],
+            "step (ms)": f"{r['step_ms']['median']:.1f}", "step vs fp32": ratio(r, "fp32", "step"),
+            "step vs bf16": ratio(r, "bf16", "step"),
+            "image (s)": "-" if e2e is None else f"{e2e['median']:.2f}",
+            "weights (MiB)": f"{r['weight_bytes']['total'] / 2**20:.1f}",
+            "weights vs bf16": ratio(r, "bf16", "weight_bytes"),
+            "RSS base / peak (MiB)": f"{r['rss_baseline_mib']:.0f} / "
+                                     + ("-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"),
+        })
+    return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-"))
+
+
 TABLES = {
     "quality": (RESULTS / "shapes-t2i-fp.json", quality_table),
     "outliers": (RESULTS / "shapes-t2i-outliers.json", outlier_table),
     "quantized": (RESULTS / "shapes-t2i-quant-200.json", quantized_table),
     "ablation": (RESULTS / "shapes-t2i-ablation.json", ablation_table),
+    "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
 }
 
 

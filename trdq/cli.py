@@ -57,6 +57,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calib-prompts", type=int, default=16, help="calibration prompts (seeds apart from eval)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--json", type=Path, required=True, help="where to write the records")
+
+    be = sub.add_parser("bench", help="latency, weight bytes and peak memory of each backend, "
+                                      "each in its own process")
+    be.add_argument("--model", default="pixart-xl-random",
+                    help="pixart-xl-random or latte-random (published configs, random weights, no download), "
+                         "shapes-t2i, or a diffusers pipeline folder / hub id")
+    be.add_argument("--backends", default=None,
+                    help="comma list of fp32, bf16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared] "
+                         "(default: fp32,bf16,trdq-w8a8-sim,trdq-w8a8-real,trdq-w4a8-real)")
+    be.add_argument("--deployment", default="per-group",
+                    help="deployment(s) of real backends without a suffix: per-group, shared, or both")
+    be.add_argument("--resolution", type=int, default=None,
+                    help="image side in pixels for the random models (default 512; latent = px / 8)")
+    be.add_argument("--layers", type=int, default=None, help="a random model's block count (for smoke runs)")
+    be.add_argument("--frames", type=int, default=None, help="latte-random: frames per video (default 16)")
+    be.add_argument("--batch", type=int, default=2, help="per-step batch (2: the CFG pair)")
+    be.add_argument("--warmup", type=int, default=2)
+    be.add_argument("--repeats", type=int, default=None,
+                    help="timed steps (default 5 for random models, 20 for pipelines)")
+    be.add_argument("--e2e-repeats", type=int, default=3, help="timed images of a pipeline")
+    be.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
+    be.add_argument("--groups", type=int, default=4, help="time groups of the quantized backends")
+    be.add_argument("--rotation", default="duquant",
+                    help="rotation of the quantized backends: " + ", ".join(ROTATIONS))
+    be.add_argument("--mem-limit-gib", type=float, default=None,
+                    help="address-space cap of each worker beyond its size after imports "
+                         "(default 90%% of the memory available when it starts; 0: none)")
+    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--json", type=Path, required=True, help="where to write the report")
     return parser
 
 
@@ -160,11 +189,31 @@ def cmd_eval(args) -> None:
     log.info("wrote %d records to %s", len(records), args.json)
 
 
+def cmd_bench(args) -> None:
+    from trdq import bench
+
+    overrides = {k: v for k, v in (("num_layers", args.layers), ("video_length", args.frames))
+                 if v is not None}
+    spec = bench.BenchSpec(model=args.model, resolution=args.resolution, batch=args.batch, warmup=args.warmup,
+                           repeats=args.repeats, e2e_repeats=args.e2e_repeats, threads=args.threads,
+                           groups=args.groups, rotation=args.rotation, seed=args.seed, overrides=overrides,
+                           mem_limit_gib=args.mem_limit_gib)
+    backends = bench.parse_backends(_items(args.backends or ",".join(bench.DEFAULT_BACKENDS)),
+                                    _items(args.deployment))
+    report = bench.run(spec, backends,
+                       progress=lambda i, n, r: log.info("[%d/%d] %s", i, n, bench.summary(r)))
+    bench.save_report(report, args.json)
+    log.info("wrote %s", args.json)
+    if failed := [r["backend"] for r in report["results"] if r["status"] != "ok"]:
+        raise ValueError(f"{len(failed)} of {len(backends)} backends failed ({', '.join(failed)}); "
+                         f"their errors are in {args.json}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        {"generate": cmd_generate, "eval": cmd_eval}[args.command](args)
+        {"generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
     except (ValueError, FileNotFoundError, OSError) as err:
         log.error("%s", err)
         return 2
