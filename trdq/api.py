@@ -245,7 +245,10 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
     if info.config.w_group_size is not None:
         raise ValueError("the real integer path quantizes weights per output channel; quantize with w_group_size=None")
     source = qmodel.pipe.transformer if isinstance(qmodel, LoadedModel) else getattr(qmodel, "transformer", qmodel)
-    transformer = copy.deepcopy(source)
+    # copy all but the simulated layers' float weights, which the integer layers do not use
+    memo = {id(m.weights_fq): None for m in source.modules()
+            if isinstance(m, QuantLinear) and m.weights_fq is not None}
+    transformer = copy.deepcopy(source, memo)
     # the copied timestep hook would drive the original's state: drop it, track the copy's own
     transformer._forward_pre_hooks.pop(transformer.trdq_hook_id, None)
     transformer._forward_pre_hooks_with_kwargs.pop(transformer.trdq_hook_id, None)

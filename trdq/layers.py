@@ -31,8 +31,8 @@ class GroupTransform:
 
     Attributes:
         delta: (C_in,) smoothing factors ``s``.
-        rotation: orthogonal (C_in, C_in) transform applied after smoothing (factored; its
-            dense float64 matrix is ``rotation.matrix()``).
+        rotation: orthogonal (C_in, C_in) transform applied after smoothing, through its factors
+            (never as a dense matrix, which would cost C_in^2 memory per layer and group).
         alpha: the smoothing strength that produced ``delta``.
     """
 
@@ -46,17 +46,17 @@ class GroupTransform:
                 (True, True): "both"}[(self.delta is not None, self.rotation is not None)]
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
-        """``W Delta R`` in float64, (C_out, C_in)."""
+        """``W Delta R`` in float64, (C_out, C_in); rows rotate like activations."""
         w = w.double()
         if self.delta is not None:
             w = w * self.delta.double()
-        return w @ self.rotation.matrix() if self.rotation is not None else w
+        return self.rotation.apply(w) if self.rotation is not None else w
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """``X Delta^-1 R`` in ``x``'s dtype, (..., C_in)."""
         if self.delta is not None:
             x = x / self.delta.to(x.dtype)
-        return x @ self.rotation.matrix().to(x.dtype) if self.rotation is not None else x
+        return self.rotation.apply(x) if self.rotation is not None else x
 
 
 class QuantLinear(nn.Module):
@@ -66,8 +66,7 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(self, w_codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-                 transforms: list[GroupTransform], a_bits: int, a_symmetric: bool, state: GroupState,
-                 dtype: torch.dtype = torch.float32):
+                 transforms: list[GroupTransform], a_bits: int, a_symmetric: bool, state: GroupState):
         """Args:
             w_codes: (G, C_out, C_in) int8 symmetric weight codes, one set per time group (for
                 grouped weights: (G, C_out, C_in // group_size, group_size)).
@@ -76,10 +75,11 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.register_buffer("w_codes", w_codes.to(torch.int8))
         self.register_buffer("w_scale", w_scale.double())
-        fq = self.w_codes.double() * self.w_scale
-        fq = fq.reshape(fq.shape[0], fq.shape[1], -1)  # grouped weights back to (G, C_out, C_in)
-        self.register_buffer("weights_fq", fq.to(dtype), persistent=False)  # (G, C_out, C_in)
-        self.in_features, self.out_features = fq.shape[-1], fq.shape[-2]
+        # (G, C_out, C_in) dequantized weights, made at the first forward: converting to the real
+        # integer path never needs them, and for a large model they are the biggest tensors here
+        self.register_buffer("weights_fq", None, persistent=False)
+        self.out_features = w_codes.shape[1]
+        self.in_features = w_codes.shape[2] * (w_codes.shape[3] if w_codes.dim() == 4 else 1)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.transforms = transforms
         self.a_bits, self.a_symmetric = quantizer.check_bits(a_bits, "a_bits"), a_symmetric
@@ -98,8 +98,7 @@ class QuantLinear(nn.Module):
                 wt = wt.reshape(wt.shape[0], -1, w_group_size)
             codes.append(quantizer.quantize(wt, p))
             scales.append(p.scale)
-        return cls(torch.stack(codes), torch.stack(scales), linear.bias, transforms, a_bits, a_symmetric,
-                   state, dtype=w.dtype)
+        return cls(torch.stack(codes), torch.stack(scales), linear.bias, transforms, a_bits, a_symmetric, state)
 
     @property
     def num_groups(self) -> int:
@@ -109,6 +108,9 @@ class QuantLinear(nn.Module):
         g = self.state.group
         if g >= self.num_groups:
             raise RuntimeError(f"time group {g} but this layer was calibrated with {self.num_groups} groups")
+        if self.weights_fq is None or self.weights_fq.dtype != x.dtype:
+            fq = self.w_codes.double() * self.w_scale
+            self.weights_fq = fq.reshape(fq.shape[0], fq.shape[1], -1).to(x.dtype)  # grouped -> (G, C_out, C_in)
         xq = quantizer.fake_quant_per_token(self.transforms[g].activation(x), self.a_bits, self.a_symmetric)
         return F.linear(xq, self.weights_fq[g], self.bias)
 

@@ -154,23 +154,24 @@ class Rotation:
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def matrix(self) -> torch.Tensor:
-        """Dense float64 ``R`` (C, C), computed once."""
-        if "matrix" not in self._cache:
-            x = torch.eye(self.size, dtype=DTYPE)
-            for kind, value in self.stages:
-                x = _stage_exact(x, kind, value)
-            self._cache["matrix"] = x
-        return self._cache["matrix"]
+        """Dense float64 ``R`` (C, C), built on demand (for tests and analysis; not kept)."""
+        x = torch.eye(self.size, dtype=DTYPE)
+        for kind, value in self.stages:
+            x = _stage_exact(x, kind, value)
+        return x
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ R`` for x (..., C), in ``x``'s dtype, through the factors (half-precision inputs
         are transformed in float32 and rounded once at the end)."""
         dtype = torch.promote_types(x.dtype, torch.float32)
         key = (dtype, x.device)
-        if key not in self._cache:  # factors cast and stacked once per dtype and device
-            self._cache[key] = [(kind, _prepare(kind, value, dtype, x.device)) for kind, value in self.stages]
+        stages = self._cache.get(key)
+        if stages is None:
+            stages = [(kind, _prepare(kind, value, dtype, x.device)) for kind, value in self.stages]
+            if dtype != DTYPE:  # kept for the per-call path; float64 is weight surgery, done once
+                self._cache[key] = stages
         y = x.to(dtype)
-        for kind, value in self._cache[key]:
+        for kind, value in stages:
             y = _stage_fast(y, kind, value)
         return y.to(x.dtype)
 

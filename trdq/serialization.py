@@ -142,10 +142,9 @@ def load(path: str | Path, base: Model | None = None) -> Model:
         transforms = [GroupTransform(delta=tensors.get(f"{name}.{g}.delta"), alpha=alpha,
                                      rotation=_get_rotation(tensors, f"{name}.{g}", stages))
                       for g, (alpha, stages) in enumerate(zip(meta["alphas"], meta["rotations"]))]
-        dtype = transformer.get_submodule(name).weight.dtype
         replace_module(transformer, name, QuantLinear(
             tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"], tensors.get(f"{name}.bias"), transforms,
-            meta["a_bits"], meta["a_symmetric"], state, dtype=dtype))
+            meta["a_bits"], meta["a_symmetric"], state))
     info = QuantInfo(QuantConfig.from_dict(manifest["config"]), index, manifest["base_model"], manifest["execution"])
     track_quantized(transformer, state, info)
     if isinstance(base, LoadedModel):
