@@ -53,6 +53,39 @@ def quantized_table(path: Path) -> str:
     return _markdown(pd.DataFrame(rows))
 
 
+def bars_table(path: Path) -> str:
+    """Issue 4's bar for the embedded image model, checked against the quantized eval records."""
+    records = json.loads(path.read_text())
+    fp = next(r for r in records if r["method"] == "fp")
+    at = {(r["method"], r["bits"]): r for r in records if r["method"] != "fp"}
+    baselines = sorted({m for m, _ in at if m != "trdq"})
+
+    def best(bits: str, key: str) -> tuple[str, float]:
+        m = max(baselines, key=lambda b: at[(b, bits)][key])
+        return m, at[(m, bits)][key]
+
+    rows = []
+
+    def check(criterion: str, measured: str, met: bool) -> None:
+        rows.append({"bar": criterion, "measured": measured, "met": "yes" if met else "**no**"})
+
+    t8, t48, t44 = at[("trdq", "w8a8")], at[("trdq", "w4a8")], at[("trdq", "w4a4")]
+    check("W8A8 adherence within 0.01 of FP", f"{t8['adherence']:.3f} vs FP {fp['adherence']:.3f}",
+          t8["adherence"] >= fp["adherence"] - 0.01)
+    check("W4A8 adherence within 0.03 of FP", f"{t48['adherence']:.3f} vs FP {fp['adherence']:.3f}",
+          t48["adherence"] >= fp["adherence"] - 0.03)
+    m, v = best("w4a8", "adherence")
+    check("W4A8 adherence not below any baseline", f"{t48['adherence']:.3f} vs best {m} {v:.3f}",
+          t48["adherence"] >= v)
+    for bits, key in [("w4a8", "psnr_vs_fp"), ("w4a4", "psnr_vs_fp"), ("w4a4", "eps_sqnr_db")]:
+        m, v = best(bits, key)
+        mine = at[("trdq", bits)][key]
+        check(f"{bits.upper()} {key} above every baseline", f"{mine:.2f} vs best {m} {v:.2f}", mine > v)
+    slowest = max(r["calib_seconds"] for r in (t8, t48, t44))
+    check("calibration under 2 minutes (2 threads)", f"{slowest:.1f} s", slowest < 120)
+    return _markdown(pd.DataFrame(rows))
+
+
 def ablation_table(path: Path) -> str:
     """TR-DQ's ingredients switched on and off: time groups x smoothing x rotation, per bit setting."""
     rows = []
@@ -124,6 +157,7 @@ TABLES = {
     "quality": (RESULTS / "shapes-t2i-fp.json", quality_table),
     "outliers": (RESULTS / "shapes-t2i-outliers.json", outlier_table),
     "quantized": (RESULTS / "shapes-t2i-quant-200.json", quantized_table),
+    "bars": (RESULTS / "shapes-t2i-quant-200.json", bars_table),
     "ablation": (RESULTS / "shapes-t2i-ablation.json", ablation_table),
     "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
 }
