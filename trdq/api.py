@@ -192,8 +192,7 @@ def convert(prepared: Prepared) -> Model:
     track_quantized(transformer, state, info)
     if prepared.model is None:
         return transformer
-    qmodel = assemble(prepared.model, transformer)
-    return qmodel.pipe if prepared.given == "pipeline" else qmodel
+    return rewrap(prepared.model.pipe if prepared.given == "pipeline" else prepared.model, transformer)
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -244,7 +243,7 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
         raise ValueError("realize() takes a simulated quantized model, the output of trdq.quantize() or trdq.load()")
     if info.config.w_group_size is not None:
         raise ValueError("the real integer path quantizes weights per output channel; quantize with w_group_size=None")
-    source = qmodel.pipe.transformer if isinstance(qmodel, LoadedModel) else getattr(qmodel, "transformer", qmodel)
+    source = transformer_of(qmodel)
     # copy all but the simulated layers' float weights, which the integer layers do not use
     memo = {id(m.weights_fq): None for m in source.modules()
             if isinstance(m, QuantLinear) and m.weights_fq is not None}
@@ -262,10 +261,21 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
                      else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits))
             replace_module(transformer, name, layer)
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
-    if isinstance(qmodel, LoadedModel):
-        return assemble(qmodel, transformer)
-    if source is not qmodel:  # a diffusers pipeline
-        return assemble(LoadedModel(type(qmodel).__name__, qmodel, ModelSettings()), transformer).pipe
+    return rewrap(qmodel, transformer)
+
+
+def transformer_of(model: Model) -> nn.Module:
+    """The transformer of a model, a pipeline, or the transformer itself."""
+    return model.pipe.transformer if isinstance(model, LoadedModel) else getattr(model, "transformer", model)
+
+
+def rewrap(like: Model, transformer: nn.Module) -> Model:
+    """``transformer`` (made by :func:`track_quantized`) in the same kind of object as ``like``: a
+    :class:`LoadedModel` or a pipeline sharing ``like``'s other components, or itself."""
+    if isinstance(like, LoadedModel):
+        return assemble(like, transformer)
+    if isinstance(like, DiffusionPipeline):
+        return assemble(LoadedModel(type(like).__name__, like, ModelSettings()), transformer).pipe
     return transformer
 
 

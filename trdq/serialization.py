@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from trdq.api import Model, QuantInfo, assemble, quant_info, replace_module, track_quantized
+from trdq.api import Model, QuantInfo, quant_info, replace_module, rewrap, track_quantized, transformer_of
 from trdq.config import QuantConfig
 from trdq.layers import EXECUTION, GroupTransform, QuantLinear
-from trdq.models.loader import LoadedModel, ModelSettings, load_model
+from trdq.models.loader import load_model
 from trdq.rotation import Rotation
 from trdq.timegroups import GroupIndex, GroupState
 
@@ -43,7 +42,7 @@ def save(qmodel: Model, path: str | Path) -> Path:
     if info.execution != EXECUTION:
         raise ValueError("save the simulated model (the output of trdq.quantize) and call trdq.realize() "
                          "after trdq.load(); real integer models are rebuilt, not saved")
-    transformer = _transformer(qmodel)
+    transformer = transformer_of(qmodel)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -104,10 +103,6 @@ def _get_rotation(tensors: dict[str, torch.Tensor], key: str, entry: list | None
     return Rotation(size, tuple(out))
 
 
-def _transformer(model: Model) -> nn.Module:
-    return model.pipe.transformer if isinstance(model, LoadedModel) else getattr(model, "transformer", model)
-
-
 def load(path: str | Path, base: Model | None = None) -> Model:
     """Rebuild a quantized model saved by :func:`save`.
 
@@ -130,7 +125,7 @@ def load(path: str | Path, base: Model | None = None) -> Model:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported format {manifest.get('format')!r}; expected {FORMAT}")
     base = base if base is not None else load_model(manifest["base_model"])
-    fp = _transformer(base)
+    fp = transformer_of(base)
     if type(fp).__name__ != manifest["transformer_class"]:
         raise ValueError(f"{path} quantizes a {manifest['transformer_class']}, but the base model has a "
                          f"{type(fp).__name__}; pass the model it was made from")
@@ -147,8 +142,4 @@ def load(path: str | Path, base: Model | None = None) -> Model:
             meta["a_bits"], meta["a_symmetric"], state))
     info = QuantInfo(QuantConfig.from_dict(manifest["config"]), index, manifest["base_model"], manifest["execution"])
     track_quantized(transformer, state, info)
-    if isinstance(base, LoadedModel):
-        return assemble(base, transformer)
-    if base is not fp:  # a diffusers pipeline
-        return assemble(LoadedModel(type(base).__name__, base, ModelSettings()), transformer).pipe
-    return transformer
+    return rewrap(base, transformer)
