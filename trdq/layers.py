@@ -23,6 +23,7 @@ from trdq.rotation import Rotation
 from trdq.timegroups import GroupState
 
 EXECUTION = "simulated"
+ONLINE_TRANSFORM = "trdq::online_transform"  # profiler label of the real path's activation transforms
 
 
 @dataclass(frozen=True)
@@ -193,11 +194,12 @@ class IntLinear(nn.Module):
         if g >= len(self.transforms):
             raise RuntimeError(f"time group {g} but this layer was calibrated with {len(self.transforms)} groups")
         t = self.transforms[g]
-        xt = x.float()
-        if t.delta is not None:
-            xt = xt / t.delta.to(dtype=xt.dtype, device=xt.device)
-        if t.rotation is not None:
-            xt = t.rotation.apply(xt)
+        with torch.profiler.record_function(ONLINE_TRANSFORM):  # the benchmark sums its time
+            xt = x.float()
+            if t.delta is not None:
+                xt = xt / t.delta.to(dtype=xt.dtype, device=xt.device)
+            if t.rotation is not None:
+                xt = t.rotation.apply(xt)
         codes, scale, zero = kernels.quantize_per_token_int8(xt, self.a_bits, self.a_symmetric)
         w_codes, w_scale, w_rowsum = self._weights(g)
         return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, self.bias, out_dtype=x.dtype,
