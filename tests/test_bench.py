@@ -1,5 +1,6 @@
 """The benchmark reports; no test here asserts a speed-up (machines are noisy)."""
 
+import dataclasses
 import inspect
 import json
 
@@ -9,6 +10,7 @@ import torch
 import trdq
 from trdq import bench
 from trdq.api import target_layers
+from trdq.bench import __main__ as worker
 from trdq.cli import main
 from trdq.models.adapters import adapter_for
 
@@ -23,8 +25,14 @@ def _spec(**kw):
 
 
 @pytest.fixture(scope="module")
-def report():
-    return bench.run(_spec(), bench.parse_backends(["fp32", "bf16", "trdq-w8a8-sim"]), isolate=False)
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+@pytest.fixture(scope="module")
+def report(cache):
+    backends = bench.parse_backends(["fp32", "bf16", "trdq-w8a8-sim", "trdq-w8a8-real"])
+    return bench.run(_spec(), backends, isolate=False, cache=cache)
 
 
 def test_report_says_what_ran_and_where(report):
@@ -33,8 +41,9 @@ def test_report_says_what_ran_and_where(report):
         assert report["machine"][key] is not None
     assert report["setup"]["latent"] == [2, 4, 8, 8] and report["setup"]["image_tokens"] == 16
     assert report["batch"] == 2 and report["repeats"] == 2 and "alpha fixed" in report["calibration"]
-    assert [r["backend"] for r in report["results"]] == ["fp32", "bf16", "trdq-w8a8-sim"]
-    assert [r["execution"] for r in report["results"]] == ["full precision", "full precision", "simulated"]
+    assert [r["backend"] for r in report["results"]] == ["fp32", "bf16", "trdq-w8a8-sim", "trdq-w8a8-real"]
+    assert [r["execution"] for r in report["results"]] == ["full precision", "full precision", "simulated",
+                                                          "real integer"]
     for r in report["results"]:
         step = r["step_ms"]
         assert r["status"] == "ok" and len(step["all"]) == 2 and step["min"] <= step["median"]
@@ -43,7 +52,7 @@ def test_report_says_what_ran_and_where(report):
 
 
 def test_weight_bytes_and_ratios_come_from_the_same_run(report):
-    fp32, bf16, sim = report["results"]
+    fp32, bf16, sim, _ = report["results"]
     assert bf16["weight_bytes"]["total"] * 2 == fp32["weight_bytes"]["total"]
     assert set(bf16["weight_bytes"]) == {"bfloat16", "total"}
     # the simulated layer keeps float weight copies (and codes, transforms): it saves no memory
@@ -52,6 +61,51 @@ def test_weight_bytes_and_ratios_come_from_the_same_run(report):
     for r in report["results"]:
         assert r["vs_fp32"]["step"] == r["step_ms"]["median"] / fp32["step_ms"]["median"]
         assert r["vs_bf16"]["step"] == r["step_ms"]["median"] / bf16["step_ms"]["median"]
+
+
+def test_each_quantized_configuration_is_fitted_once_and_loaded_by_its_backends(report, cache):
+    (fit,) = report["fitting"]["fits"]
+    assert fit["status"] == "ok" and fit["bits"] == "w8a8" and not fit["reused"]
+    assert fit["backends"] == ["trdq-w8a8-sim", "trdq-w8a8-real"] and report["fitting"]["cache"] == str(cache)
+    (entry,) = cache.iterdir()  # one trdq.save folder, complete
+    assert entry.name == fit["key"] == bench.fit_key(_spec(), "w8a8")
+    assert {p.name for p in entry.iterdir()} == {"manifest.json", "quantized.safetensors", "bench-fit.json"}
+    fp32, bf16, sim, real = report["results"]
+    assert fp32["fit_seconds"] is bf16["fit_seconds"] is None
+    assert sim["fit_seconds"] == real["fit_seconds"] == fit["fit_seconds"] > 0
+
+
+def test_a_cached_fit_is_reused_only_for_the_same_model_and_config(report, cache):
+    # timing settings do not change the fit; seed, bits, groups, rotation and the model do
+    key = bench.fit_key(_spec(), "w8a8")
+    assert bench.fit_key(_spec(repeats=7, warmup=3, threads=2), "w8a8") == key
+    fewer_layers = _spec(overrides={**TINY, "num_layers": 1})
+    for other in (_spec(seed=1), _spec(groups=2), _spec(rotation="none"), fewer_layers):
+        assert bench.fit_key(other, "w8a8") != key
+    assert bench.fit_key(_spec(), "w4a8") != key
+    again = bench.run(_spec(repeats=1), bench.parse_backends(["trdq-w8a8-sim"]), isolate=False, cache=cache)
+    assert again["fitting"]["fits"][0]["reused"] and len(list(cache.iterdir())) == 1
+    assert again["results"][0]["fit_seconds"] == report["results"][2]["fit_seconds"]
+    fitted = bench.prepare(_spec(), "w8a8", cache, isolate=False)
+    sim = bench.parse_backends(["trdq-w8a8-sim"])[0]
+    with pytest.raises(ValueError, match="other full-precision weights"):
+        bench.build(_spec(seed=1), sim, fitted)
+    with pytest.raises(ValueError, match="loads a w8a8 fit"):
+        bench.build(_spec(), sim)
+
+
+def test_worker_jobs_fit_then_measure_through_json(tmp_path):
+    """What the preparation and timing workers write and read (run here in-process, uncapped)."""
+    spec = {**dataclasses.asdict(_spec(repeats=1)), "mem_limit_gib": 0}
+    job = {"job": "fit", "spec": spec, "bits": "w4a8", "folder": str(tmp_path / "fit")}
+    assert worker.main(json.dumps(job), str(tmp_path / "fit.json")) == 0
+    fitted = json.loads((tmp_path / "fit.json").read_text())["fitted"]
+    backend = dataclasses.asdict(bench.parse_backends(["trdq-w4a8-real-shared"])[0])
+    job = {"job": "measure", "spec": spec, "backend": backend, "fitted": fitted}
+    assert worker.main(json.dumps(job), str(tmp_path / "out.json")) == 0
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert record["execution"] == "real integer" and record["fit_seconds"] == fitted["fit_seconds"]
+    assert record["mem_limit_mib"] is None
 
 
 def test_weight_bytes_count_each_storage_once():
@@ -88,17 +142,22 @@ def test_backend_names_and_options_are_checked():
         bench.BenchSpec(model="shapes-t2i", overrides={"num_layers": 2})
 
 
-def test_cli_runs_each_backend_in_its_own_worker_and_records_failures(tmp_path, caplog):
+def test_cli_runs_each_backend_in_its_own_worker_and_records_failures(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # where the temporary fit cache goes (runs/bench-cache/)
     out = tmp_path / "bench.json"
-    # 99 time groups cannot split 20 steps: the quantized worker fails, the FP one still reports
+    # 99 time groups cannot split 20 steps: the preparation worker fails, the FP one still reports
     assert main(["bench", "--layers", "1", "--resolution", "32", "--backends", "fp32,trdq-w8a8-sim",
                  "--groups", "99", "--warmup", "1", "--repeats", "1", "--threads", "1",
                  "--json", str(out)]) == 2
-    fp32, sim = json.loads(out.read_text())["results"]
+    report = json.loads(out.read_text())
+    fp32, sim = report["results"]
     assert fp32["status"] == "ok" and fp32["mem_limit_mib"] > 0
     assert fp32["rss_baseline_mib"] > 0 and fp32["peak_rss_mib"] >= fp32["rss_baseline_mib"]
-    assert sim["status"] == "error" and "99 time groups" in sim["error"] and sim["vs_fp32"] is None
+    assert sim["status"] == "error" and "fitting w8a8 failed" in sim["error"]
+    assert "99 time groups" in sim["error"]
+    assert sim["vs_fp32"] is None and report["fitting"]["fits"][0]["status"] == "error"
     assert "1 of 2 backends failed" in caplog.text
+    assert report["fitting"]["cache"] is None and not (tmp_path / "runs").exists()  # removed at the end
     assert main(["bench", "--backends", "fp32,bf17", "--json", str(tmp_path / "x.json")]) == 2
     assert "bf17" in caplog.text and not (tmp_path / "x.json").exists()
 

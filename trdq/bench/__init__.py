@@ -1,0 +1,47 @@
+"""Latency and memory of one model under several backends: ``python -m trdq bench``.
+
+Backends are ``fp32``, ``bf16`` (full precision), ``trdq-wXaY-sim`` (simulated: fake quantization
+in floating point) and ``trdq-wXaY-real`` (real integer, via :func:`trdq.realize`). Each
+quantized configuration is fitted once per run (calibrated, quantized, :func:`trdq.save`\\ d) in
+a preparation worker; then each backend is built and measured in a fresh worker process
+(``python -m trdq.bench``), a quantized one by :func:`trdq.load`\\ ing its fit onto the same
+full-precision weights, so its memory is its own; every result carries the execution label its
+model reports. Per backend:
+
+- ``step_ms``: one transformer forward without gradients on a CFG batch (conditional +
+  unconditional) at the model's latent size and a mid timestep, after warm-up: median, min, all.
+- ``e2e_s_per_image``: one image through the whole pipeline (text encoder, every step with CFG,
+  VAE); None for a bare random transformer, which has neither text encoder nor VAE.
+- ``weight_bytes``: every tensor the transformer holds (:data:`WEIGHT_RULE`).
+- resident memory of the worker (:data:`MEMORY_RULE`).
+- ``fit_seconds``: the wall time of its configuration's fit (None in full precision).
+- ``vs_fp32``, ``vs_bf16``: the value divided by that baseline's value from the same run.
+
+Nothing here asserts a speed-up: the benchmark reports, with the machine it ran on.
+
+Modules: :mod:`~trdq.bench.spec` (backends, the spec), :mod:`~trdq.bench.models` (building and
+fitting), :mod:`~trdq.bench.measure`, :mod:`~trdq.bench.runner` (workers, the fit cache, ``run``),
+:mod:`~trdq.bench.report`; ``__main__`` is the worker.
+"""
+
+from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, measure, timed, weight_bytes
+from trdq.bench.models import Built, Fitted, build, fit, fit_key, step_inputs
+from trdq.bench.report import RATIO_RULE, machine, save_report, summary
+from trdq.bench.runner import FitError, prepare, run
+from trdq.bench.spec import (
+    DEFAULT_BACKENDS,
+    FULL_PRECISION,
+    RANDOM_MODELS,
+    REAL,
+    SIMULATED,
+    Backend,
+    BenchSpec,
+    parse_backends,
+)
+
+__all__ = [
+    "DEFAULT_BACKENDS", "FULL_PRECISION", "MEMORY_RULE", "RANDOM_MODELS", "RATIO_RULE", "REAL", "SIMULATED",
+    "WEIGHT_RULE", "Backend", "BenchSpec", "Built", "FitError", "Fitted", "build", "fit", "fit_key",
+    "machine", "measure", "parse_backends", "prepare", "run", "save_report", "step_inputs", "summary",
+    "timed", "weight_bytes",
+]

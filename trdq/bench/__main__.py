@@ -1,0 +1,49 @@
+"""The worker: ``python -m trdq.bench JOB OUT`` runs one JSON job in this fresh process and writes
+its result as JSON to ``OUT``.
+
+Jobs: ``{"job": "fit", "spec": ..., "bits": ..., "folder": ...}`` (:func:`~trdq.bench.models.fit`;
+writes ``{"status": "ok", "fitted": ...}``) and ``{"job": "measure", "spec": ..., "backend": ...,
+"fitted": ... or null}`` (:func:`~trdq.bench.measure.measure`; writes the backend's record). A
+failure is written as an ``error`` record; the exit code is 0 only for success.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from trdq.bench.measure import limit_memory, measure, mib
+from trdq.bench.models import Fitted, fit
+from trdq.bench.runner import failed
+from trdq.bench.spec import Backend, BenchSpec
+
+log = logging.getLogger("trdq.bench")
+
+
+def _run(job: dict, spec: BenchSpec) -> dict:
+    if job["job"] == "fit":
+        return {"status": "ok", "fitted": asdict(fit(spec, job["bits"], job["folder"]))}
+    return measure(spec, Backend(**job["backend"]), job["fitted"] and Fitted(**job["fitted"]))
+
+
+def main(payload: str, out: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    job = json.loads(payload)
+    spec = BenchSpec(**job["spec"])
+    budget = limit_memory(spec.mem_limit_gib)
+    try:
+        result = _run(job, spec)
+    except Exception as err:  # at the process boundary every failure is a record (allocator: RuntimeError)
+        what = job["backend"]["name"] if job["job"] == "measure" else f"fitting {job['bits']}"
+        log.error("%s: %s", what, err)
+        why = f"{type(err).__name__}: {err}"
+        result = failed(Backend(**job["backend"]), why) if job["job"] == "measure" else {"status": "error",
+                                                                                      "error": why}
+    result["mem_limit_mib"] = mib(budget)
+    Path(out).write_text(json.dumps(result))
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

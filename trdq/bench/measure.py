@@ -1,0 +1,177 @@
+"""Measuring one backend in this process: step and end-to-end latency, weight bytes, resident memory."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import logging
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trdq.bench.models import Fitted, build, step_inputs
+from trdq.bench.spec import FULL_PRECISION, MIB, Backend, BenchSpec
+
+log = logging.getLogger(__name__)
+
+WEIGHT_RULE = ("bytes of every distinct tensor storage the transformer holds after the timed steps: "
+               "parameters, buffers (persistent or not) and tensors kept in module attributes (per-group "
+               "transforms, cached rotation matrices); a simulated layer's float weights_fq copies count, "
+               "which is why the simulated path saves no memory")
+MEMORY_RULE = ("resident set size of the backend's own worker process, from /proc/self/status: "
+               "rss_baseline after imports; rss_model once built (FP sources freed, malloc trimmed); "
+               "peak_rss = VmHWM over warm-up and timing (the high-water mark, reset once the model is "
+               "built); peak_rss_build = VmHWM while building (FP model, loading the fitted quantized "
+               "model, conversion; calibration ran in the preparation worker, see `fitting`); "
+               "mem_limit = the worker's address-space cap beyond its size after imports")
+
+
+def _tensors(value, depth: int = 0):
+    """Tensors inside ``value``, through lists, tuples, dicts and dataclasses (not modules)."""
+    if torch.is_tensor(value):
+        yield value
+    elif depth > 6:
+        return
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v, depth + 1)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v, depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _tensors(getattr(value, f.name), depth + 1)
+
+
+def weight_bytes(module: nn.Module) -> dict[str, int]:
+    """Bytes per dtype of every distinct storage ``module`` holds (see :data:`WEIGHT_RULE`).
+
+    Returns:
+        ``{dtype name: bytes}`` plus ``"total"``.
+    """
+    seen, out = set(), {}
+    for m in module.modules():
+        held = [*m._parameters.values(), *m._buffers.values(),
+                *(v for k, v in vars(m).items() if not k.startswith("_"))]
+        for t in _tensors(held):
+            storage = t.untyped_storage()
+            if storage.nbytes() and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                name = str(t.dtype).removeprefix("torch.")
+                out[name] = out.get(name, 0) + storage.nbytes()
+    return {**dict(sorted(out.items())), "total": sum(out.values())}
+
+
+def proc_bytes(path: str, key: str) -> int | None:
+    """A size in bytes from a ``/proc`` table such as ``/proc/self/status`` (None where there is none)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _trim() -> None:
+    """Free garbage and hand free heap pages back, so RSS shows what the model holds."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS (Linux 4.0+)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def limit_memory(gib: float | None) -> int | None:
+    """Cap this process's address space at its size now plus ``gib`` GiB (None: 90% of the memory
+    available now); returns the bytes allowed beyond that size, None without a cap."""
+    if gib == 0:
+        return None
+    available = proc_bytes("/proc/meminfo", "MemAvailable") or 0
+    budget = int(gib * 2**30) if gib is not None else int(0.9 * available)
+    if budget <= 0:
+        return None
+    limit = (proc_bytes("/proc/self/status", "VmSize") or 0) + budget
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    return budget
+
+
+def timed(fn: Callable[[], object], warmup: int, repeats: int, scale: float = 1.0) -> dict:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; times x ``scale``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * scale)
+    return {"median": statistics.median(times), "min": min(times), "all": times}
+
+
+def mib(n: int | None) -> float | None:
+    return None if n is None else round(n / MIB, 1)
+
+
+def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> dict:
+    """Build ``backend``'s model in this process (a quantized one from ``fitted``) and measure it
+    (see :mod:`trdq.bench`).
+
+    Returns:
+        The backend's result record, with ``setup`` (latent, tokens, timestep) for the report.
+
+    Raises:
+        ValueError: if the model's execution label is not the backend's.
+    """
+    from trdq.api import quant_info
+    from trdq.generate import generate_images
+
+    torch.set_num_threads(spec.num_threads)
+    _trim()
+    baseline, start = proc_bytes("/proc/self/status", "VmRSS"), time.perf_counter()
+    built = build(spec, backend, fitted)
+    build_s = time.perf_counter() - start
+    info = quant_info(built.model)
+    execution = FULL_PRECISION if info is None else info.execution
+    if execution != backend.execution:
+        raise ValueError(f"{backend.name} should run {backend.execution!r}, its model reports {execution!r}")
+    _trim()
+    peak_build, rss_model = proc_bytes("/proc/self/status", "VmHWM"), proc_bytes("/proc/self/status", "VmRSS")
+    reset = _reset_peak()
+    timestep = built.timesteps[len(built.timesteps) // 2]
+    inputs = step_inputs(built.transformer, built.latent, built.text_tokens, spec.batch, timestep, spec.seed)
+    log.info("%s (%s): built in %.1f s; %d warm-up + %d timed steps", backend.name, execution, build_s,
+             spec.warmup, spec.num_repeats)
+    prompt = "a small red circle on the left"  # in the shapes grammar; any pipeline takes it
+    with torch.inference_mode():
+        step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3)
+        e2e = None if spec.bare else timed(
+            lambda: generate_images(built.model, [prompt], [spec.seed], batch_size=1), 1, spec.e2e_repeats)
+    latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
+    return {
+        "backend": backend.name, "execution": execution, "dtype": backend.dtype, "bits": backend.bits,
+        "deployment": backend.deployment, "status": "ok", "step_ms": step, "e2e_s_per_image": e2e,
+        "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),
+        "fit_seconds": None if fitted is None else fitted.fit_seconds,
+        "rss_baseline_mib": mib(baseline), "rss_model_mib": mib(rss_model),
+        "peak_rss_mib": mib(proc_bytes("/proc/self/status", "VmHWM")) if reset else None,
+        "peak_rss_build_mib": mib(peak_build),
+        "setup": {"transformer": type(built.transformer).__name__, "resolution_px": built.resolution,
+                  "latent": list(latent.shape), "text_tokens": built.text_tokens, "timestep": timestep,
+                  "image_tokens": latent[0, 0].numel() // built.transformer.config.patch_size ** 2,
+                  "sampler_steps": len(built.timesteps)},
+    }

@@ -1,0 +1,103 @@
+"""The report of a run: the machine, ratios against the baselines, and what the numbers mean."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, proc_bytes
+from trdq.bench.spec import BENCH_ALPHA, MIB, BenchSpec
+
+RATIO_RULE = ("vs_fp32 / vs_bf16: this backend's value divided by the baseline's from the same run "
+              "(below 1: smaller or faster)")
+FITTING_NOTE = ("each quantized configuration (bits; groups, alpha and rotation as in `quantization`) is "
+                "calibrated and quantized (simulated) once per run, in one preparation worker, and saved "
+                "with trdq.save; the timing worker of every backend with those bits builds the same "
+                "full-precision model (same seed or checkpoint, checked by a weight fingerprint), "
+                "trdq.load()s the fit onto it (no calibration) and, for a real backend, trdq.realize()s "
+                "it. fit_seconds: building the FP model, calibrating, quantizing and saving, in the "
+                "preparation worker (the first run's when reused from the cache); a timing worker's "
+                "build_s has no calibration in it")
+
+
+def machine(threads: int) -> dict:
+    """CPU model, cores, memory, library versions, threads and date of this run."""
+    import diffusers
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    total = proc_bytes("/proc/meminfo", "MemTotal")
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "memory_gib": None if total is None else round(total / 2**30, 1), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _ratios(result: dict, base: dict | None) -> dict | None:
+    if base is None or base["status"] != "ok" or result["status"] != "ok":
+        return None
+
+    def ratio(get):
+        a, b = get(result), get(base)
+        return None if a is None or not b else a / b
+
+    return {"step": ratio(lambda r: r["step_ms"]["median"]),
+            "e2e": ratio(lambda r: r["e2e_s_per_image"] and r["e2e_s_per_image"]["median"]),
+            "weight_bytes": ratio(lambda r: r["weight_bytes"]["total"]),
+            "peak_rss": ratio(lambda r: r["peak_rss_mib"])}
+
+
+def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: dict) -> dict:
+    """The report of a run: setup, rules, machine, calibration, ``fitting`` (:data:`FITTING_NOTE`
+    with the fits), and the results with their ratios (their ``setup`` moved to the top)."""
+    setups = [r.pop("setup") for r in results if "setup" in r]
+    by_name = {r["backend"]: r for r in results}
+    for r in results:
+        r["vs_fp32"], r["vs_bf16"] = _ratios(r, by_name.get("fp32")), _ratios(r, by_name.get("bf16"))
+    setup = setups[0] if setups else None
+    return {
+        "benchmark": "python -m trdq bench", "model": spec.model,
+        "kind": "bare transformer (random weights)" if spec.bare else "pipeline",
+        "resolution_px": setup and setup["resolution_px"], "batch": spec.batch,
+        "batch_note": "per-step batch; 2 is the CFG pair (conditional + unconditional)",
+        "setup": setup, "warmup": spec.warmup, "repeats": spec.num_repeats,
+        "e2e": ("null: a bare transformer has no text encoder or VAE" if spec.bare else
+                f"one image per call, {spec.e2e_repeats} timed after 1 untimed, the model's default steps "
+                "and guidance"),
+        "threads": spec.num_threads, "isolated": isolate, "spec": asdict(spec),
+        "quantization": {"method": "trdq", "groups": spec.groups, "alpha": BENCH_ALPHA,
+                         "rotation": spec.rotation, "select_transforms": False},
+        "calibration": spec.calibration_note(),
+        "fitting": {"note": FITTING_NOTE, **fitting},
+        "rules": {"weight_bytes": WEIGHT_RULE, "memory": MEMORY_RULE, "ratios": RATIO_RULE},
+        "machine": machine(spec.num_threads), "results": results,
+    }
+
+
+def summary(result: dict) -> str:
+    """One log line for a backend's result."""
+    if result["status"] != "ok":
+        return f"{result['backend']}: {result['status']}: {result['error']}"
+    step, e2e = result["step_ms"], result["e2e_s_per_image"]
+    return (f"{result['backend']} ({result['execution']}): step {step['median']:.1f} ms "
+            f"(min {step['min']:.1f})" + (f", {e2e['median']:.2f} s/image" if e2e else "")
+            + f", weights {result['weight_bytes']['total'] / MIB:.1f} MiB"
+            + f", peak RSS {result['peak_rss_mib']} MiB")
+
+
+def save_report(report: dict, path: str | Path) -> Path:
+    """Write ``report`` as JSON to ``path`` (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return path

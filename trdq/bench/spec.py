@@ -1,0 +1,164 @@
+"""What a run measures: the backends (:class:`Backend`) and their shared setup (:class:`BenchSpec`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trdq.api import DEPLOYMENTS
+from trdq.config import ROTATIONS, QuantConfig, TimeGroups, parse_bits
+
+FULL_PRECISION, SIMULATED, REAL = "full precision", "simulated", "real integer"
+DEFAULT_BACKENDS = ("fp32", "bf16", "trdq-w8a8-sim", "trdq-w8a8-real", "trdq-w4a8-real")
+BENCH_ALPHA = 0.5
+CALIB_LATENT, CALIB_TEXT_TOKENS, CALIB_INPUTS, CALIB_PROMPTS = 8, 8, 8, 8
+PIPELINE_REPEATS = 20
+MIB = 2**20
+
+# PixArt-XL-2 (PixArt-alpha/PixArt-XL-2-512x512, transformer/config.json); Latte-1 (maxin-cn/Latte-1)
+# has the same blocks. sample_size comes from the resolution; text is T5's, 120 tokens x 4096.
+PIXART_XL = {"num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
+             "num_layers": 28, "cross_attention_dim": 1152, "patch_size": 2, "caption_channels": 4096,
+             "norm_type": "ada_norm_single", "activation_fn": "gelu-approximate", "attention_bias": True,
+             "num_embeds_ada_norm": 1000, "norm_elementwise_affine": False, "norm_eps": 1e-6}
+
+
+@dataclass(frozen=True)
+class RandomModel:
+    """A diffusers transformer class at a published configuration, with seeded random weights."""
+
+    cls: str
+    config: dict
+    text_tokens: int = 120
+    repeats: int = 5
+
+
+RANDOM_MODELS = {
+    "pixart-xl-random": RandomModel("PixArtTransformer2DModel",
+                                    {**PIXART_XL, "use_additional_conditions": False}),
+    "latte-random": RandomModel("LatteTransformer3DModel", {**PIXART_XL, "video_length": 16}),
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the model: dtype, bits and execution (and the real path's deployment)."""
+
+    name: str
+    dtype: str = "float32"
+    bits: str | None = None
+    execution: str = FULL_PRECISION
+    deployment: str | None = None
+
+
+def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-group",)) -> list[Backend]:
+    """Backend names -> :class:`Backend`. A real backend without a ``-per-group``/``-shared`` suffix
+    runs once per deployment (suffixed when there are several); duplicates run once.
+
+    Raises:
+        ValueError: for an unknown name or deployment, naming what is accepted.
+    """
+    hint = ("use fp32, bf16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared], "
+            f"e.g. {','.join(DEFAULT_BACKENDS)}")
+    bad = [d for d in deployments if d not in DEPLOYMENTS]
+    if bad or not deployments:
+        raise ValueError(f"unknown deployment(s) {bad or list(deployments)}; "
+                         f"choose from {', '.join(DEPLOYMENTS)}")
+    out: list[Backend] = []
+    for name in names:
+        m = re.fullmatch(r"trdq-(w\d+a\d+)-(sim|real)(?:-(per-group|shared))?", name)
+        if name in ("fp32", "bf16"):
+            out.append(Backend(name, "bfloat16" if name == "bf16" else "float32"))
+        elif m is None or (m.group(2) == "sim" and m.group(3)):
+            raise ValueError(f"unknown backend {name!r}; {hint}")
+        elif m.group(2) == "sim":
+            out.append(Backend(name, bits=_bits(m.group(1)), execution=SIMULATED))
+        else:
+            ds = [m.group(3)] if m.group(3) else list(deployments)
+            out += [Backend(f"{name}-{d}" if len(ds) > 1 else name, bits=_bits(m.group(1)), execution=REAL,
+                            deployment=d) for d in ds]
+    if not out:
+        raise ValueError(f"no backends given; {hint}")
+    return list({b.name: b for b in out}.values())
+
+
+def _bits(text: str) -> str:
+    w, a = parse_bits(text)
+    return f"w{w}a{a}"
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What to measure; every backend of a run shares it.
+
+    Attributes:
+        model: a key of :data:`RANDOM_MODELS` (a bare transformer) or what :func:`trdq.load_model` takes.
+        resolution: image side in pixels of a random model (default 512; latent = px / 8); a
+            pipeline runs at its native size.
+        batch: per-step batch (2: the CFG pair).
+        warmup, repeats: untimed, then timed steps (repeats None: 5 for random models, 20 for pipelines).
+        e2e_repeats: timed images of a pipeline, after one untimed image.
+        threads: torch threads (None: every usable core).
+        groups, rotation: time groups and rotation of the quantized backends.
+        overrides: config overrides of a random model's transformer (e.g. ``{"num_layers": 2}``).
+        mem_limit_gib: address-space cap of a worker beyond its size after imports (None: 90% of
+            the memory available when it starts; 0: none), so that a backend too big for the
+            machine fails with an error instead of waking the kernel's OOM killer.
+    """
+
+    model: str = "pixart-xl-random"
+    resolution: int | None = None
+    batch: int = 2
+    warmup: int = 2
+    repeats: int | None = None
+    e2e_repeats: int = 3
+    threads: int | None = None
+    groups: int = 4
+    rotation: str = "duquant"
+    seed: int = 0
+    overrides: dict = field(default_factory=dict)
+    mem_limit_gib: float | None = None
+
+    def __post_init__(self):
+        for name in ("batch", "warmup", "e2e_repeats", "groups", "repeats", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.resolution is not None and (self.resolution < 16 or self.resolution % 16):
+            raise ValueError("resolution must be a positive multiple of 16 pixels (latent = px / 8, "
+                             f"patch 2), got {self.resolution}")
+        if self.rotation not in ROTATIONS:
+            raise ValueError(f"unknown rotation {self.rotation!r}; choose one of {', '.join(ROTATIONS)}")
+        if self.overrides and not self.bare:
+            raise ValueError(f"config overrides apply to the random models ({', '.join(RANDOM_MODELS)}), "
+                             f"not to {self.model!r}")
+
+    @property
+    def bare(self) -> bool:
+        return self.model in RANDOM_MODELS
+
+    @property
+    def num_repeats(self) -> int:
+        return self.repeats or (RANDOM_MODELS[self.model].repeats if self.bare else PIPELINE_REPEATS)
+
+    @property
+    def num_threads(self) -> int:
+        return self.threads or len(os.sched_getaffinity(0))
+
+    def quant_config(self, bits: str) -> QuantConfig:
+        """TR-DQ with a fixed alpha and no per-layer selection: cheap to fit; latency and memory
+        do not depend on calibration quality."""
+        w, a = parse_bits(bits)
+        return QuantConfig(method="trdq", w_bits=w, a_bits=a, time_groups=TimeGroups(self.groups),
+                           alpha=BENCH_ALPHA, rotation=self.rotation, select_transforms=False, seed=self.seed)
+
+    def calibration_note(self) -> str:
+        data = (f"{CALIB_INPUTS} random forward inputs (batch {self.batch}) at a {CALIB_LATENT}x"
+                f"{CALIB_LATENT} latent with {CALIB_TEXT_TOKENS} text tokens, spread over 20 DPM-Solver "
+                "timesteps" if self.bare else f"{CALIB_PROMPTS} prompts through the full-precision pipeline "
+                "at its default steps and guidance")
+        return (f"{data}; trdq, {self.groups} time groups, alpha fixed at {BENCH_ALPHA}, rotation "
+                f"{self.rotation}, no per-layer transform selection: cheap to fit, and latency and memory do "
+                "not depend on calibration quality (quality is measured by `trdq eval`, not here)")
