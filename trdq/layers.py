@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trdq import kernels, quantizer
-from trdq.rotation import Rotation
+from trdq.rotation import OnlineRotation, Rotation
 from trdq.timegroups import GroupState
 
 EXECUTION = "simulated"
@@ -121,6 +121,26 @@ class QuantLinear(nn.Module):
                 f"groups={self.num_groups} [{kinds}], {EXECUTION}")
 
 
+@dataclass(frozen=True)
+class OnlineTransform:
+    """What a real integer layer keeps of one group's :class:`GroupTransform`: float32 smoothing
+    factors and the rotation's prepared factors (no float64 copies)."""
+
+    delta: torch.Tensor | None
+    rotation: OnlineRotation | None
+
+    @classmethod
+    def of(cls, t: GroupTransform) -> OnlineTransform:
+        return cls(None if t.delta is None else t.delta.float(),
+                   None if t.rotation is None else t.rotation.online(torch.float32))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``X Delta^-1 R`` for float32 x (..., C_in)."""
+        if self.delta is not None:
+            x = x / self.delta.to(x.device)
+        return x if self.rotation is None else self.rotation.apply(x)
+
+
 class IntLinear(nn.Module):
     """The real integer twin of :class:`QuantLinear` (METHOD.md section 7, option (a)).
 
@@ -152,7 +172,7 @@ class IntLinear(nn.Module):
         codes = self._codes_all()
         self.register_buffer("w_rowsum", torch.stack([kernels.weight_rowsum(c) for c in codes]))  # (copies, C_out)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        self.transforms, self.copy_of_group = transforms, copy_of_group
+        self.transforms, self.copy_of_group = [OnlineTransform.of(t) for t in transforms], copy_of_group
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.in_features, self.out_features = in_features, w_scale.shape[1]
 
@@ -193,13 +213,8 @@ class IntLinear(nn.Module):
         g = self.state.group
         if g >= len(self.transforms):
             raise RuntimeError(f"time group {g} but this layer was calibrated with {len(self.transforms)} groups")
-        t = self.transforms[g]
         with torch.profiler.record_function(ONLINE_TRANSFORM):  # the benchmark sums its time
-            xt = x.float()
-            if t.delta is not None:
-                xt = xt / t.delta.to(dtype=xt.dtype, device=xt.device)
-            if t.rotation is not None:
-                xt = t.rotation.apply(xt)
+            xt = self.transforms[g].apply(x.float())
         codes, scale, zero = kernels.quantize_per_token_int8(xt, self.a_bits, self.a_symmetric)
         w_codes, w_scale, w_rowsum = self._weights(g)
         return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, self.bias, out_dtype=x.dtype,
@@ -232,7 +247,8 @@ class SharedIntLinear(IntLinear):
         self.register_buffer("master", master.to(torch.int8))  # (C_out, C_in)
         self.register_buffer("master_scale", master_scale.float())  # (C_out, 1)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        self.transforms, self.copy_of_group = transforms, list(range(len(transforms)))
+        self.transforms = [OnlineTransform.of(t) for t in transforms]
+        self.copy_of_group = list(range(len(transforms)))
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.out_features, self.in_features = master.shape
         self._active: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -258,7 +274,7 @@ class SharedIntLinear(IntLinear):
             t = self.transforms[g]
             w = self.master.float() * self.master_scale  # (C_out, C_in)
             if t.delta is not None:
-                w = w * t.delta.float()
+                w = w * t.delta
             if t.rotation is not None:
                 w = t.rotation.apply(w)
             p = quantizer.per_channel_params(w, self.w_bits, symmetric=True)

@@ -165,19 +165,39 @@ class Rotation:
         are transformed in float32 and rounded once at the end)."""
         dtype = torch.promote_types(x.dtype, torch.float32)
         key = (dtype, x.device)
-        stages = self._cache.get(key)
-        if stages is None:
-            stages = [(kind, _prepare(kind, value, dtype, x.device)) for kind, value in self.stages]
+        online = self._cache.get(key)
+        if online is None:
+            online = self.online(dtype, x.device)
             if dtype != DTYPE:  # kept for the per-call path; float64 is weight surgery, done once
-                self._cache[key] = stages
-        y = x.to(dtype)
-        for kind, value in stages:
-            y = _stage_fast(y, kind, value)
-        return y.to(x.dtype)
+                self._cache[key] = online
+        return online.apply(x)
+
+    def online(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> OnlineRotation:
+        """The factors cast and laid out once for repeated :meth:`apply` calls in ``dtype``."""
+        return OnlineRotation(self.size, tuple((kind, _prepare(kind, value, dtype, device))
+                                               for kind, value in self.stages), dtype)
 
     @property
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.stages]
+
+
+@dataclass(frozen=True, eq=False)
+class OnlineRotation:
+    """A :class:`Rotation`'s factors prepared for the per-call path: cast to ``dtype``, equal
+    blocks stacked for one batched matmul, Hadamard Kronecker factors built. Apply only; this is
+    all a real integer layer keeps of its rotations."""
+
+    size: int
+    stages: tuple[tuple[str, object], ...]
+    dtype: torch.dtype
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ R`` for x (..., C) in ``x``'s dtype, computed in ``self.dtype``."""
+        y = x.to(self.dtype)
+        for kind, value in self.stages:
+            y = _stage_fast(y, kind, value)
+        return y.to(x.dtype)
 
 
 def _stage_exact(x: torch.Tensor, kind: str, value) -> torch.Tensor:
