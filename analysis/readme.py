@@ -149,6 +149,8 @@ def bench_table(path: Path) -> str:
             "weights vs bf16": ratio(r, "bf16", "weight_bytes"),
             "RSS base / peak (MiB)": f"{r['rss_baseline_mib']:.0f} / "
                                      + ("-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"),
+            "online transforms": "-" if not r.get("online_transforms")
+            else f"{100 * r['online_transforms']['share']:.0f}% of step",
         })
     return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-"))
 

@@ -183,3 +183,11 @@ def test_real_integer_weights_are_one_int8_or_packed_int4_copy():
     assert w8["execution"] == w4["execution"] == "real integer"
     assert w8["weight_bytes"]["total"] <= 0.55 * targets / 2 + others
     assert w4["weight_bytes"]["total"] <= 0.30 * targets / 2 + others
+
+
+def test_real_backends_report_the_share_of_their_online_transforms(report):
+    fp32, _, sim, real = report["results"]
+    assert fp32["online_transforms"] is None and sim["online_transforms"] is None
+    online = real["online_transforms"]
+    assert 0 < online["transform_ms"] < online["profiled_step_ms"]
+    assert online["share"] == pytest.approx(online["transform_ms"] / online["profiled_step_ms"], abs=1e-3)

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address-space cap of each worker beyond its size after imports "
                          "(default 90%% of the memory available when it starts; 0: none)")
     be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--cache", type=Path, default=None,
+                    help="folder to keep quantized fits in and reuse across runs (keyed by a hash of model, "
+                         "config and trdq's source); default: a temporary folder under runs/bench-cache/, "
+                         "removed at the end")
     be.add_argument("--json", type=Path, required=True, help="where to write the report")
     return parser
 
@@ -200,7 +204,7 @@ def cmd_bench(args) -> None:
                            mem_limit_gib=args.mem_limit_gib)
     backends = bench.parse_backends(_items(args.backends or ",".join(bench.DEFAULT_BACKENDS)),
                                     _items(args.deployment))
-    report = bench.run(spec, backends,
+    report = bench.run(spec, backends, cache=args.cache,
                        progress=lambda i, n, r: log.info("[%d/%d] %s", i, n, bench.summary(r)))
     bench.save_report(report, args.json)
     log.info("wrote %s", args.json)

@@ -123,6 +123,20 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, scale: float = 1.
     return {"median": statistics.median(times), "min": min(times), "all": times}
 
 
+def online_transform_share(transformer: nn.Module, inputs: dict) -> dict:
+    """One profiled step: the time inside the real path's online activation transforms
+    (profiler label :data:`trdq.layers.ONLINE_TRANSFORM`) against that step's wall time."""
+    from trdq.layers import ONLINE_TRANSFORM
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        transformer(**inputs)
+        step_ms = (time.perf_counter() - start) * 1e3
+    transform_ms = sum(e.cpu_time_total for e in prof.key_averages() if e.key == ONLINE_TRANSFORM) / 1e3
+    return {"transform_ms": round(transform_ms, 2), "profiled_step_ms": round(step_ms, 2),
+            "share": round(transform_ms / step_ms, 4)}
+
+
 def mib(n: int | None) -> float | None:
     return None if n is None else round(n / MIB, 1)
 
@@ -161,10 +175,12 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3)
         e2e = None if spec.bare else timed(
             lambda: generate_images(built.model, [prompt], [spec.seed], batch_size=1), 1, spec.e2e_repeats)
+        online = online_transform_share(built.transformer, inputs) if execution == "real integer" else None
     latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
     return {
         "backend": backend.name, "execution": execution, "dtype": backend.dtype, "bits": backend.bits,
         "deployment": backend.deployment, "status": "ok", "step_ms": step, "e2e_s_per_image": e2e,
+        "online_transforms": online,
         "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),
         "fit_seconds": None if fitted is None else fitted.fit_seconds,
         "rss_baseline_mib": mib(baseline), "rss_model_mib": mib(rss_model),
