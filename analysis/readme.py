@@ -162,6 +162,7 @@ TABLES = {
     "bars": (RESULTS / "shapes-t2i-quant-200.json", bars_table),
     "ablation": (RESULTS / "shapes-t2i-ablation.json", ablation_table),
     "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
+    "bench-shapes": (RESULTS / "bench-shapes-t2i.json", bench_table),
 }
 
 
