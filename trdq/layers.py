@@ -169,8 +169,8 @@ class IntLinear(nn.Module):
         super().__init__()
         self.register_buffer("w_store", w_store)
         self.register_buffer("w_scale", w_scale.float())
-        codes = self._codes_all()
-        self.register_buffer("w_rowsum", torch.stack([kernels.weight_rowsum(c) for c in codes]))  # (copies, C_out)
+        rowsums = [kernels.weight_rowsum(self._codes(c)) for c in range(w_store.shape[0])]
+        self.register_buffer("w_rowsum", torch.stack(rowsums))  # (copies, C_out) int32
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.transforms, self.copy_of_group = [OnlineTransform.of(t) for t in transforms], copy_of_group
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
@@ -180,9 +180,6 @@ class IntLinear(nn.Module):
     def packed(self) -> bool:
         return self.w_store.dtype == torch.uint8
 
-    def _codes_all(self) -> list[torch.Tensor]:
-        return [self._codes(c) for c in range(self.w_store.shape[0])]
-
     def _codes(self, copy: int) -> torch.Tensor:  # (C_out, C_in) int8
         return kernels.unpack_int4(self.w_store[copy]) if self.packed else self.w_store[copy]
 
@@ -191,7 +188,7 @@ class IntLinear(nn.Module):
         """Store ``layer``'s weight codes for integer execution.
 
         Raises:
-            ValueError: for grouped weights or activations wider than 8 bits.
+            ValueError: for grouped weights (``w_group_size``).
         """
         if layer.w_codes.dim() != 3:
             raise ValueError("the real integer path quantizes weights per output channel; "
