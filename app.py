@@ -69,7 +69,7 @@ def make_config(method: str, bits: str, groups: float, rotation: str, search_alp
 
 def _sample(model: trdq.LoadedModel, prompt: str, seed: int, steps: int, guidance: float) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
-    image = trdq.generate_images(model, [prompt], [seed], steps=steps, guidance=guidance)[0]
+    image = trdq.generate(model, [prompt], [seed], steps=steps, guidance=guidance)[0]
     return image, time.perf_counter() - t0
 
 

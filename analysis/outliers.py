@@ -16,8 +16,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from trdq.generate import generate_images
 from trdq.models.loader import LoadedModel
+from trdq.sampling import generate
 
 BLOCK_LINEAR = re.compile(r"transformer_blocks\.(\d+)\.(.+)")
 
@@ -63,7 +63,7 @@ def collect(model: LoadedModel, prompts: list[str], seed: int = 0, steps: int = 
     handles += [m.register_forward_pre_hook(recorder(n)) for n, m in block_linears(transformer).items()]
     timesteps = {}
     try:
-        generate_images(model, prompts, [seed + i for i in range(len(prompts))], steps=steps,
+        generate(model, prompts, [seed + i for i in range(len(prompts))], steps=steps,
                         guidance=guidance, batch_size=len(prompts))
         timesteps = dict(enumerate(model.pipe.scheduler.timesteps.tolist()))
     finally:

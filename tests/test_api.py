@@ -4,14 +4,14 @@ import pytest
 from trdq.api import calibrate, convert, prepare, quantize
 from trdq.config import QuantConfig, TimeGroups
 from trdq.eval.metrics import psnr
-from trdq.generate import generate_images
 from trdq.layers import QuantLinear
+from trdq.sampling import generate
 
 PROMPTS = ["a large red circle in the center", "a small blue star on the left"]
 
 
 def _images(model):
-    return generate_images(model, PROMPTS, [0, 1], steps=4)
+    return generate(model, PROMPTS, [0, 1], steps=4)
 
 
 @pytest.mark.parametrize("method", ["rtn", "smoothquant", "quarot", "duquant", "viditq", "trdq"])

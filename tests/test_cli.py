@@ -36,7 +36,7 @@ def test_eval_rejects_models_outside_the_shapes_world(tmp_path, shapes_t2i, capl
     shapes_t2i.pipe.save_pretrained(tmp_path / "plain")
     assert main(["eval", "--model", str(tmp_path / "plain"), "--num-prompts", "2",
                  "--json", str(tmp_path / "e.json")]) == 2
-    assert "not a shapes-world model" in caplog.text
+    assert "no known caption world" in caplog.text
 
 
 def test_eval_rejects_unknown_methods_and_bits(tmp_path, caplog):
@@ -70,3 +70,61 @@ def test_eval_rejects_bad_ablation_values(tmp_path, caplog):
     assert "'search'" in caplog.text
     assert main(["eval", "--methods", "trdq", "--rotation", "givens", "--json", str(out)]) == 2
     assert "givens" in caplog.text and not out.exists()
+
+
+def _save_video_model(model, folder):
+    import dataclasses
+
+    from trdq.models.loader import SETTINGS_FILE
+
+    model.pipe.save_pretrained(folder)
+    (folder / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(model.settings)))
+    return str(folder)
+
+
+def test_generate_writes_a_clip_as_gif_or_png_strip(tmp_path, tiny_latte, caplog):
+    folder = _save_video_model(tiny_latte, tmp_path / "latte")
+    gif, strip = tmp_path / "clip.gif", tmp_path / "clip.png"
+    assert main(["generate", "--model", folder, "--prompt", "a small red circle moving sideways",
+                 "--steps", "2", "--out", str(gif)]) == 0
+    assert Image.open(gif).n_frames == 4 and "sideways" in caplog.text
+    assert main(["generate", "--model", folder, "--prompt", "a small red circle moving up",
+                 "--steps", "2", "--out", str(strip)]) == 0
+    assert np.asarray(Image.open(strip)).shape == (32, 4 * 32, 3)
+    assert main(["generate", "--model", folder, "--prompt", "a small red circle moving up",
+                 "--out", str(tmp_path / "clip.mp4")]) == 2
+    assert ".gif or .png" in caplog.text
+
+
+def test_eval_of_a_video_model_scores_clips(tmp_path, tiny_latte):
+    folder = _save_video_model(tiny_latte, tmp_path / "latte")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", folder, "--num-prompts", "2", "--steps", "2", "--methods", "fp,trdq",
+                 "--groups", "2", "--block-size", "32", "--calib-prompts", "2", "--json", str(out)]) == 0
+    fp, q = json.loads(out.read_text())
+    for key in ("adherence", "acc_color", "acc_shape", "acc_direction", "temporal_consistency", "shapes_fd"):
+        assert key in fp and key in q
+    assert q["execution"] == "simulated" and 0 < q["psnr_vs_fp"] and len(q["eps_sqnr_db_per_step"]) == 2
+
+
+def test_eval_with_attention_sharing_adds_one_record_per_rule(tmp_path, caplog):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--num-prompts", "2", "--steps", "2", "--share-attention", "2,0.0",
+                 "--calib-prompts", "2", "--json", str(out)]) == 0
+    fp, top2, everything = json.loads(out.read_text())
+    assert "sharing" not in fp and top2["sharing"] == "top2" and everything["sharing"] == "cos>=0"
+    assert len(top2["shared_layers"]) == 2 and everything["attn_score_skipped"] == 1.0
+    assert 0 < top2["attn_score_skipped"] < 1 and "psnr_vs_fp" in top2
+    assert main(["eval", "--share-attention", "most", "--json", str(tmp_path / "x.json")]) == 2
+    assert "cosine threshold" in caplog.text and not (tmp_path / "x.json").exists()
+
+
+def test_eval_with_a_cfg_split_labels_the_uncond_bits(tmp_path, caplog):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--num-prompts", "2", "--steps", "2", "--methods", "trdq", "--bits", "w4a8",
+                 "--cfg-split", "--uncond-bits", "w4a4", "--groups", "1", "--calib-prompts", "2",
+                 "--json", str(out)]) == 0
+    (q,) = json.loads(out.read_text())
+    assert q["bits"] == "w4a8/uncond-w4a4" and q["cfg_split"] is True
+    assert main(["eval", "--methods", "trdq", "--uncond-bits", "w4a4", "--json", str(out)]) == 2
+    assert "needs --cfg-split" in caplog.text

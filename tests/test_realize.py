@@ -7,9 +7,9 @@ import torch
 import trdq
 from trdq.api import quant_info
 from trdq.eval.metrics import psnr
-from trdq.generate import generate_images
 from trdq.layers import IntLinear, QuantLinear, SharedIntLinear
 from trdq.quantizer import sqnr_db
+from trdq.sampling import generate
 
 PROMPTS = ["a large red circle in the center", "a small blue star on the left"]
 
@@ -22,8 +22,8 @@ def test_realized_pipeline_matches_the_simulated_one(tiny_pixart_72, bits):
     assert real.quant.execution == "real integer" and sim.quant.execution == "simulated"
     assert not any(isinstance(m, QuantLinear) for m in real.pipe.transformer.modules())
     assert sum(isinstance(m, IntLinear) for m in real.pipe.transformer.modules()) == 20
-    images_sim = generate_images(sim, PROMPTS, [0, 1], steps=4)
-    images_real = generate_images(real, PROMPTS, [0, 1], steps=4)
+    images_sim = generate(sim, PROMPTS, [0, 1], steps=4)
+    images_real = generate(real, PROMPTS, [0, 1], steps=4)
     # the same integer codes: images agree far beyond the quantization error itself (~45-60 dB)
     assert np.minimum(psnr(images_real, images_sim), 100).mean() > 65
     # the simulated model is untouched and still simulated
@@ -56,7 +56,7 @@ def test_real_models_are_not_saved(tiny_pixart, tmp_path):
     real = trdq.realize(trdq.quantize(tiny_pixart, trdq.QuantConfig(), PROMPTS, steps=4))
     with pytest.raises(ValueError, match="realize\\(\\) after trdq.load"):
         trdq.save(real, tmp_path / "q")
-    assert np.isfinite(generate_images(real, PROMPTS[:1], [0], steps=2)).all()
+    assert np.isfinite(generate(real, PROMPTS[:1], [0], steps=2)).all()
 
 
 @pytest.mark.parametrize("w_bits", [8, 4])
@@ -66,9 +66,9 @@ def test_shared_deployment_keeps_one_master_and_stays_close(tiny_pixart_72, w_bi
     shared = trdq.realize(sim, deployment="shared", base=tiny_pixart_72)
     layers = [m for m in shared.pipe.transformer.modules() if isinstance(m, SharedIntLinear)]
     assert len(layers) == 20
-    images_fp = generate_images(tiny_pixart_72, PROMPTS, [0, 1], steps=4)
-    images_sim = generate_images(sim, PROMPTS, [0, 1], steps=4)
-    images_shared = generate_images(shared, PROMPTS, [0, 1], steps=4)
+    images_fp = generate(tiny_pixart_72, PROMPTS, [0, 1], steps=4)
+    images_sim = generate(sim, PROMPTS, [0, 1], steps=4)
+    images_shared = generate(shared, PROMPTS, [0, 1], steps=4)
     # the 8-bit master adds its rounding under each group's codes: close to, not equal to, (a)
     assert psnr(images_shared, images_fp).mean() > psnr(images_sim, images_fp).mean() - 3
     for m in layers:

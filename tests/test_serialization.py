@@ -5,7 +5,7 @@ import pytest
 
 from trdq.api import quantize
 from trdq.config import QuantConfig, TimeGroups
-from trdq.generate import generate_images
+from trdq.sampling import generate
 from trdq.serialization import load, save
 
 PROMPTS = ["a large red circle in the center", "a small blue star on the left"]
@@ -22,8 +22,8 @@ def test_save_then_load_gives_bit_identical_images(tiny_pixart_72, tmp_path, con
     assert manifest["execution"] == "simulated" and manifest["config"]["method"] == config.method
     reloaded = load(tmp_path / "q", base=tiny_pixart_72)
     assert reloaded.quant.config == config
-    a = generate_images(q, PROMPTS, [3, 4], steps=4)
-    b = generate_images(reloaded, PROMPTS, [3, 4], steps=4)
+    a = generate(q, PROMPTS, [3, 4], steps=4)
+    b = generate(reloaded, PROMPTS, [3, 4], steps=4)
     assert np.array_equal(a, b)
 
 

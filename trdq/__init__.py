@@ -12,12 +12,12 @@ execution (int8 GEMMs, packed 4-bit weights). Results say which.
 
 from trdq.api import calibrate, convert, prepare, quantize, realize
 from trdq.config import QuantConfig, TimeGroups
-from trdq.generate import generate_images
 from trdq.models.adapters import UnsupportedArchitectureError
 from trdq.models.loader import LoadedModel, ModelSettings, load_model
+from trdq.sampling import generate
 from trdq.serialization import load, save
 
 __all__ = [
-    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "convert", "generate_images",
+    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "convert", "generate",
     "load", "load_model", "prepare", "quantize", "realize", "save",
 ]

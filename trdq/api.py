@@ -21,12 +21,13 @@ from diffusers import DiffusionPipeline
 from torch import nn
 
 from trdq.calibrate import Calibration
+from trdq.cfg import BRANCHES, CFGSplitTransformer
 from trdq.config import QuantConfig, TimeGroups
-from trdq.generate import generate_images
 from trdq.layers import EXECUTION, IntLinear, QuantLinear, SharedIntLinear
 from trdq.methods import fit_layer, num_groups
 from trdq.models.adapters import Adapter, UnsupportedArchitectureError, adapter_for
 from trdq.models.loader import LoadedModel, ModelSettings
+from trdq.sampling import generate
 from trdq.timegroups import GroupIndex, GroupState, track_timestep
 
 
@@ -53,6 +54,7 @@ class Prepared:
         model: the pipeline it belongs to, or None for a bare transformer.
         given: what the caller passed (``loaded``, ``pipeline`` or ``transformer``); ``convert``
             returns the same kind.
+        branch: calibrate on this CFG branch's rows only (``"cond"``/``"uncond"``; None: all).
     """
 
     transformer: nn.Module
@@ -63,6 +65,7 @@ class Prepared:
     given: str = "loaded"
     calibration: Calibration | None = None
     index: GroupIndex = field(default_factory=GroupIndex)
+    branch: str | None = None
 
 
 def target_layers(transformer: nn.Module, include: Sequence[str], exclude: Sequence[str]) -> dict[str, nn.Linear]:
@@ -141,12 +144,13 @@ def calibrate(prepared: Prepared, data: Sequence, steps: int | None = None, guid
                          "e.g. scheduler.timesteps after scheduler.set_timesteps(steps)) to cut time groups")
     prepared.index = GroupIndex.from_schedule(groups, timesteps) if timesteps is not None else GroupIndex()
     state = GroupState(prepared.index)
-    calibration = Calibration(prepared.layers, state, prepared.index.num_groups, seed=config.seed)
+    calibration = Calibration(prepared.layers, state, prepared.index.num_groups, seed=config.seed,
+                              branch=prepared.branch)
     handle = track_timestep(prepared.transformer, state, prepared.adapter.timestep_position)
     try:
         with calibration:
             if model is not None:
-                generate_images(model, list(data), [seed + i for i in range(len(data))], steps=steps,
+                generate(model, list(data), [seed + i for i in range(len(data))], steps=steps,
                                 guidance=guidance, batch_size=batch_size, progress=progress)
             else:
                 _run_inputs(prepared.transformer, data, progress)
@@ -243,7 +247,19 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
         raise ValueError("realize() takes a simulated quantized model, the output of trdq.quantize() or trdq.load()")
     if info.config.w_group_size is not None:
         raise ValueError("the real integer path quantizes weights per output channel; quantize with w_group_size=None")
+    fp = None if base is None else _unwrap(base)[1]
     source = transformer_of(qmodel)
+    if isinstance(source, CFGSplitTransformer):  # each branch with its own bits
+        transformer = CFGSplitTransformer(*(_realize_transformer(t, deployment, fp)
+                                            for t in (source.uncond, source.cond)))
+        transformer.trdq_info = dataclasses.replace(info, execution=IntLinear.execution)
+    else:
+        transformer = _realize_transformer(source, deployment, fp)
+    return rewrap(qmodel, transformer)
+
+
+def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | None) -> nn.Module:
+    info = source.trdq_info
     # copy all but the simulated layers' float weights, which the integer layers do not use
     memo = {id(m.weights_fq): None for m in source.modules()
             if isinstance(m, QuantLinear) and m.weights_fq is not None}
@@ -252,7 +268,6 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
     transformer._forward_pre_hooks.pop(transformer.trdq_hook_id, None)
     transformer._forward_pre_hooks_with_kwargs.pop(transformer.trdq_hook_id, None)
     state = GroupState(info.index)
-    fp = None if base is None else _unwrap(base)[1]
     for name, m in list(transformer.named_modules()):
         if isinstance(m, QuantLinear):
             m.state = state
@@ -261,7 +276,7 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
                      else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits))
             replace_module(transformer, name, layer)
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
-    return rewrap(qmodel, transformer)
+    return transformer
 
 
 def transformer_of(model: Model) -> nn.Module:
@@ -317,6 +332,26 @@ def quantize(model: Model, config: QuantConfig, calibration_data: Sequence, step
         The same kind of object as ``model``, whose transformer holds
         :class:`~trdq.layers.QuantLinear` layers; ``model`` itself is unchanged.
     """
+    if config.cfg_split:
+        return _quantize_branches(model, config, calibration_data, steps, guidance, seed, progress, timesteps)
     prepared = calibrate(prepare(model, config), calibration_data, steps, guidance, seed, progress=progress,
                          timesteps=timesteps)
     return convert(prepared)
+
+
+def _quantize_branches(model: Model, config: QuantConfig, data: Sequence, steps, guidance, seed, progress,
+                       timesteps) -> Model:
+    """CFG split: one quantized transformer per branch, calibrated on that branch's rows only."""
+    single = dataclasses.replace(config, cfg_split=False, uncond_bits=None)
+    parts = {}
+    for branch in BRANCHES:
+        part = single
+        if branch == "uncond" and config.uncond_bits is not None:
+            part = dataclasses.replace(single, w_bits=config.uncond_bits[0], a_bits=config.uncond_bits[1])
+        prepared = prepare(model, part)
+        prepared.branch = branch
+        calibrate(prepared, data, steps, guidance, seed, progress=progress, timesteps=timesteps)
+        parts[branch] = transformer_of(convert(prepared))
+    split = CFGSplitTransformer(parts["uncond"], parts["cond"])
+    split.trdq_info = dataclasses.replace(parts["cond"].trdq_info, config=config)
+    return rewrap(model, split)

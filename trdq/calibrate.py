@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trdq.cfg import branch_rows
 from trdq.timegroups import GroupState
 
 
@@ -59,11 +60,13 @@ class Calibration:
         state: the model's time-group state (driven by :func:`trdq.timegroups.track_timestep`).
         num_groups: number of time groups to keep statistics for.
         sample_tokens: rows kept per layer and group for the searches.
+        branch: ``"cond"`` or ``"uncond"`` to record only that half of each CFG batch
+            (:func:`trdq.cfg.branch_rows`); None records every row.
     """
 
     def __init__(self, layers: dict[str, nn.Linear], state: GroupState, num_groups: int,
-                 sample_tokens: int = 512, seed: int = 0):
-        self.layers, self.state = layers, state
+                 sample_tokens: int = 512, seed: int = 0, branch: str | None = None):
+        self.layers, self.state, self.branch = layers, state, branch
         self.observers = {name: InputObserver(name, num_groups, layer.in_features, sample_tokens, seed + i)
                           for i, (name, layer) in enumerate(layers.items())}
         self._handles: list = []
@@ -72,7 +75,8 @@ class Calibration:
         for name, layer in self.layers.items():
             observer = self.observers[name]
             self._handles.append(layer.register_forward_pre_hook(
-                lambda _m, args, obs=observer: obs.update(args[0], self.state.group)))
+                lambda _m, args, obs=observer: obs.update(branch_rows(args[0], self.branch),
+                                                          self.state.group)))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trdq import shapes
 from trdq.config import METHODS, ROTATIONS, QuantConfig, TimeGroups, parse_bits
 
 log = logging.getLogger("trdq")
@@ -21,7 +20,7 @@ log = logging.getLogger("trdq")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-t2i",
-                   help="shapes-t2i (embedded), a local diffusers folder, or a hub id")
+                   help="shapes-t2i or shapes-t2v (embedded), a local diffusers folder, or a hub id")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (model default: 20)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (model default: 4.5)")
@@ -31,15 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trdq", description="TR-DQ diffusion quantization toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate one image from a prompt")
+    gen = sub.add_parser("generate", help="generate one image (or clip, for a video model) from a prompt")
     _add_model_args(gen)
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--out", type=Path, default=Path("out.png"))
+    gen.add_argument("--out", type=Path, default=None,
+                     help="image file (default out.png); for a video model a .gif (default out.gif) or a "
+                          ".png strip of the frames")
 
     ev = sub.add_parser("eval", help="score prompt adherence and shapes_fd, write JSON records")
     _add_model_args(ev)
     ev.add_argument("--prompts-file", type=Path, default=None,
-                    help="one caption of the shapes grammar per line (default: drawn across the grammar)")
+                    help="one caption of the model's grammar per line (default: drawn across the grammar)")
     ev.add_argument("--num-prompts", type=int, default=200,
                     help="prompts drawn evenly across the grammar when no --prompts-file is given")
     ev.add_argument("--methods", default="fp",
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trdq smoothing: 'search' (alpha_g searched per group) or a fixed alpha in [0, 1]; "
                          "a comma list for an ablation")
     ev.add_argument("--block-size", type=int, default=64, help="rotation block size")
+    ev.add_argument("--cfg-split", action="store_true",
+                    help="quantize the CFG branches apart (own statistics and parameters, separate passes)")
+    ev.add_argument("--uncond-bits", default=None,
+                    help="with --cfg-split: WxAy of the unconditional branch, e.g. w4a4 (default: as --bits)")
+    ev.add_argument("--share-attention", default=None,
+                    help="Attention-Sharing between the CFG branches, a comma list of rules: N (the N "
+                         "self-attention layers whose cond/uncond maps are most alike) or a cosine in [0, 1] "
+                         "(every layer at least that alike); each model runs once without and once per rule")
     ev.add_argument("--calib-prompts", type=int, default=16, help="calibration prompts (seeds apart from eval)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--json", type=Path, required=True, help="where to write the records")
@@ -94,19 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args) -> None:
-    from trdq.generate import generate_images
     from trdq.models.loader import load_model
+    from trdq.sampling import generate, is_video
+    from trdq.worlds import WORLDS
 
     model = load_model(args.model)
-    if model.settings.world == "shapes" and (unknown := shapes.unknown_words(args.prompt)):
-        log.warning("words outside the shapes vocabulary: %s (the model never saw them; "
-                    "grammar: %s)", ", ".join(unknown), shapes.GRAMMAR)
-    image = generate_images(model, [args.prompt], [args.seed], steps=args.steps, guidance=args.guidance)[0]
+    video = is_video(model.pipe)
+    out = args.out or Path("out.gif" if video else "out.png")
+    suffixes = (".gif", ".png") if video else (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"--out {out}: a {'video' if video else 'image'} model writes {' or '.join(suffixes)} files")
+    if (w := WORLDS.get(model.settings.world)) is not None and (unknown := w.unknown_words(args.prompt)):
+        log.warning("words outside the model's vocabulary: %s (the model never saw them; grammar: %s)",
+                    ", ".join(unknown), w.GRAMMAR)
+    result = generate(model, [args.prompt], [args.seed], steps=args.steps, guidance=args.guidance)[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_media(result, out)
+    log.info("wrote %s", out)
+
+
+def write_media(result, path: Path, fps: int = 8) -> None:
+    """Save an image (H, W, 3), or a clip (frames, H, W, 3) as a looping GIF or a PNG strip."""
+    import numpy as np
     from PIL import Image
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(args.out)
-    log.info("wrote %s", args.out)
+    if result.ndim == 3:
+        Image.fromarray(result).save(path)
+    elif path.suffix.lower() == ".gif":
+        frames = [Image.fromarray(f) for f in result]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0)
+    else:
+        Image.fromarray(np.concatenate(list(result), axis=1)).save(path)
 
 
 def _items(text: str) -> list[str]:
@@ -143,6 +170,11 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown or args.methods!r}; choose from fp, {', '.join(METHODS)}")
     bits = [parse_bits(b) for b in _items(args.bits)]
+    cfg_split = getattr(args, "cfg_split", False)
+    uncond = getattr(args, "uncond_bits", None)
+    if uncond is not None and not cfg_split:
+        raise ValueError("--uncond-bits needs --cfg-split (the branches share one model otherwise)")
+    uncond = parse_bits(uncond) if uncond is not None else None
     groups = [_groups(g, steps) for g in _items(args.groups)]
     rotations, alphas = _items(args.rotation), [_alpha(a) for a in _items(args.alpha)]
     if bad := [r for r in rotations if r not in ROTATIONS]:
@@ -153,8 +185,9 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
             if m == "fp":
                 continue
             config = QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(g), rotation=r,
-                                 alpha=alpha, block_size=args.block_size)
-            key = (m, w, a, *describe(config).values())
+                                 alpha=alpha, block_size=args.block_size, cfg_split=cfg_split,
+                                 uncond_bits=uncond)
+            key = (m, config.bits, *describe(config).values())
             if key not in seen:
                 seen.add(key)
                 configs.append(config)
@@ -162,18 +195,22 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
 
 
 def cmd_eval(args) -> None:
+    from trdq.attention import ShareRule
     from trdq.eval.runner import evaluate, read_prompts_file, write_json
     from trdq.models.loader import load_model
+    from trdq.worlds import world
 
     model = load_model(args.model)
+    caption_world = world(model.settings.world)
     include_fp, configs = quant_configs(args, args.steps or model.settings.steps)
+    sharing = [ShareRule.parse(r) for r in (args.share_attention or "").split(",") if r.strip()]
     if args.prompts_file is not None:
-        scenes = read_prompts_file(args.prompts_file)
+        scenes = read_prompts_file(args.prompts_file, caption_world)
     else:
         if args.num_prompts < 2:
             raise ValueError(f"--num-prompts must be at least 2 (for shapes_fd), got {args.num_prompts}")
-        scenes = shapes.sample_scenes(args.num_prompts, seed=args.seed)
-    calibration = [s.caption for s in shapes.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
+        scenes = caption_world.sample_scenes(args.num_prompts, seed=args.seed)
+    calibration = [s.caption for s in caption_world.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
     bars: dict[str, tqdm] = {}
 
     def progress(label: str, done: int, total: int) -> None:
@@ -182,12 +219,14 @@ def cmd_eval(args) -> None:
 
     records = evaluate(model, scenes, configs, include_fp=include_fp, seed=args.seed, steps=args.steps,
                        guidance=args.guidance, calibration_prompts=calibration, batch_size=args.batch_size,
-                       progress=progress)
+                       sharing=sharing, progress=progress)
     for bar in bars.values():
         bar.close()
     write_json(records, args.json)
     for r in records:
         extra = f", psnr_vs_fp {r['psnr_vs_fp']:.2f} dB" if "psnr_vs_fp" in r else ""
+        if "sharing" in r:
+            extra += f", sharing {r['sharing']} ({r['attn_score_skipped']:.0%} of uncond scores skipped)"
         log.info("%s %s (%s): adherence %.3f, shapes_fd %.2f%s", r["method"], r["bits"], r["execution"],
                  r["adherence"], r["shapes_fd"], extra)
     log.info("wrote %d records to %s", len(records), args.json)

@@ -90,6 +90,11 @@ class QuantConfig:
             architecture adapter's defaults (the blocks' linear layers, see
             :mod:`trdq.models.adapters`).
         seed: seed of the random signs and rotations.
+        cfg_split: quantize the classifier-free-guidance branches apart: each gets its own
+            calibration statistics and quantization parameters, and runs as its own pass
+            (:mod:`trdq.cfg`).
+        uncond_bits: (w_bits, a_bits) of the unconditional branch when ``cfg_split`` (None: the
+            same as the conditional branch), e.g. ``(4, 4)`` beside a W4A8 conditional branch.
     """
 
     method: str = "trdq"
@@ -107,6 +112,8 @@ class QuantConfig:
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
     seed: int = 0
+    cfg_split: bool = False
+    uncond_bits: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -123,6 +130,12 @@ class QuantConfig:
             raise ValueError(f"block_size must be at least 2, got {self.block_size}")
         if self.w_group_size is not None and self.w_group_size < 1:
             raise ValueError(f"w_group_size must be positive or None, got {self.w_group_size}")
+        if self.uncond_bits is not None:
+            if not self.cfg_split:
+                raise ValueError("uncond_bits needs cfg_split=True: the branches share one model otherwise")
+            w, a = self.uncond_bits
+            checked = (check_bits(w, "uncond w_bits"), check_bits(a, "uncond a_bits"))
+            object.__setattr__(self, "uncond_bits", checked)
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise ValueError("include/exclude take a tuple of patterns, e.g. include=('*attn1*',)")
 
@@ -138,11 +151,15 @@ class QuantConfig:
         d = dict(d)
         tg = d.pop("time_groups")
         tg = TimeGroups(boundaries=tuple(tg["boundaries"])) if tg.get("boundaries") else TimeGroups(tg["num_groups"])
-        for key in ("alpha_grid", "include", "exclude"):
-            d[key] = None if d[key] is None else tuple(d[key])
+        for key in ("alpha_grid", "include", "exclude", "uncond_bits"):
+            d[key] = None if d.get(key) is None else tuple(d[key])
         return cls(time_groups=tg, **d)
 
     @property
     def bits(self) -> str:
-        """The WxAy label, e.g. ``w4a8``."""
-        return f"w{self.w_bits}a{self.a_bits}"
+        """The WxAy label, e.g. ``w4a8``; a CFG split with other unconditional bits reads
+        ``w4a8/uncond-w4a4``."""
+        label = f"w{self.w_bits}a{self.a_bits}"
+        if self.cfg_split and self.uncond_bits is not None and self.uncond_bits != (self.w_bits, self.a_bits):
+            label += f"/uncond-w{self.uncond_bits[0]}a{self.uncond_bits[1]}"
+        return label

@@ -42,6 +42,9 @@ def save(qmodel: Model, path: str | Path) -> Path:
     if info.execution != EXECUTION:
         raise ValueError("save the simulated model (the output of trdq.quantize) and call trdq.realize() "
                          "after trdq.load(); real integer models are rebuilt, not saved")
+    if info.config.cfg_split:
+        raise ValueError("CFG-split models (cfg_split=True) cannot be saved yet; quantize them again "
+                         "from the FP model, or save a model quantized without cfg_split")
     transformer = transformer_of(qmodel)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,6 @@ def render(scene: Scene | str, rng: np.random.Generator | None = None, size: int
     if isinstance(scene, str):
         scene = parse_caption(scene)
     rng = rng if rng is not None else np.random.default_rng()
-    ss = 4 * size
     cx, cy = CENTRES[scene.position]
     r = RADII[scene.size]
     color = np.array(RGB[scene.color], dtype=float)
@@ -153,14 +152,23 @@ def render(scene: Scene | str, rng: np.random.Generator | None = None, size: int
         cx, cy = cx + rng.uniform(-0.05, 0.05), cy + rng.uniform(-0.05, 0.05)
         r *= rng.uniform(0.88, 1.12)
         color = color + rng.uniform(-15, 15, size=3)
-    fill = tuple(int(c) for c in np.clip(color, 0, 255))
+    return draw_object(scene.shape, color, cx, cy, r, size)
+
+
+def draw_object(shape: str, color, cx: float, cy: float, r: float, size: int = IMAGE_SIZE) -> Image.Image:
+    """Draw one shape of circumradius ``r`` centred at (``cx``, ``cy``), all as fractions of the side.
+
+    The image is drawn at 4x and downsampled (antialiasing); ``color`` is an RGB triple.
+    """
+    fill = tuple(int(c) for c in np.clip(np.asarray(color, dtype=float), 0, 255))
+    ss = 4 * size
     image = Image.new("RGB", (ss, ss), BACKGROUND)
     draw = ImageDraw.Draw(image)
     cx, cy, r = cx * ss, cy * ss, r * ss
-    if scene.shape == "circle":
+    if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
-        draw.polygon(_polygon(scene.shape, cx, cy, r), fill=fill)
+        draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 

@@ -30,3 +30,35 @@ def test_detector_training_saves_a_loadable_model(tmp_path: Path):
     acc = detector.train(tmp_path / "det", steps=2, batch_size=4, lr=1e-3, seed=0)
     assert set(acc) == {"size", "color", "shape", "position", "all"}
     load_detector(tmp_path / "det")
+
+
+def test_t2v_starts_from_the_image_model_and_resumes(tmp_path: Path):
+    from diffusers import PixArtAlphaPipeline
+
+    from trdq import motion
+    from trdq.models.loader import EMBEDDED
+    from trdq.train import components, t2v
+
+    image = PixArtAlphaPipeline.from_pretrained(EMBEDDED["shapes-t2i"])
+    tokenizer = components.build_tokenizer(motion.VOCABULARY)
+    model = torch.nn.ModuleDict({"transformer": components.build_latte_transformer(4),
+                                 "text_encoder": components.build_text_encoder(len(tokenizer))})
+    t2v.init_from_image_model(model, EMBEDDED["shapes-t2i"], tokenizer)
+    video, spatial = model["transformer"], image.transformer
+    assert torch.equal(video.transformer_blocks[3].attn2.to_q.weight, spatial.transformer_blocks[3].attn2.to_q.weight)
+    out = video.proj_out.weight.view(4, 8, -1)  # (patch position, channel, width)
+    assert torch.equal(out[:, :4], spatial.proj_out.weight.view(4, 4, -1)) and out[:, 4:].abs().max() == 0
+    assert all(b.attn1.to_out[0].weight.abs().max() == 0 for b in video.temporal_transformer_blocks)
+    red_old, red_new = image.tokenizer.get_vocab()["red"], tokenizer.get_vocab()["red"]
+    assert torch.equal(model["text_encoder"].shared.weight[red_new], image.text_encoder.shared.weight[red_old])
+
+    args = argparse.Namespace(
+        init_image=EMBEDDED["shapes-t2i"], out=tmp_path / "t2v", export=tmp_path / "pipe", frames=4, steps=2,
+        stop_after=None, batch_size=2, lr=1e-4, warmup=1, ema=0.9, caption_dropout=0.5, pool_size=4,
+        refresh_every=1, bf16=False, seed=0, save_every=1, export_every=2, init_from=None, init_step=0)
+    t2v.train(args)
+    args.steps = 3  # resume from state.pt for one more step
+    t2v.train(args)
+    loaded = load_model(str(tmp_path / "pipe"))
+    assert loaded.settings.world == "moving-shapes" and loaded.settings.num_frames == 4
+    assert torch.load(tmp_path / "t2v" / "state.pt", weights_only=False)["step"] == 3

@@ -152,7 +152,7 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         ValueError: if the model's execution label is not the backend's.
     """
     from trdq.api import quant_info
-    from trdq.generate import generate_images
+    from trdq.sampling import generate
 
     torch.set_num_threads(spec.num_threads)
     _trim()
@@ -174,7 +174,7 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
     with torch.inference_mode():
         step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3)
         e2e = None if spec.bare else timed(
-            lambda: generate_images(built.model, [prompt], [spec.seed], batch_size=1), 1, spec.e2e_repeats)
+            lambda: generate(built.model, [prompt], [spec.seed], batch_size=1), 1, spec.e2e_repeats)
         online = online_transform_share(built.transformer, inputs) if execution == "real integer" else None
     latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
     return {

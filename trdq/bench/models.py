@@ -130,10 +130,10 @@ def step_inputs(transformer: nn.Module, latent: int, text_tokens: int, batch: in
 def _calibration(spec: BenchSpec, built: Built) -> tuple[list, dict]:
     """(calibration data, quantize() keyword arguments) for ``built``."""
     if not spec.bare:
-        from trdq import shapes
+        from trdq.worlds import WORLDS
 
-        if built.model.settings.world == "shapes":
-            return [s.caption for s in shapes.sample_scenes(CALIB_PROMPTS, seed=7919)], {}
+        if (world := WORLDS.get(built.model.settings.world)) is not None:
+            return [s.caption for s in world.sample_scenes(CALIB_PROMPTS, seed=7919)], {}
         return [f"a photo of object {i}" for i in range(CALIB_PROMPTS)], {}
     ts = built.timesteps
     picks = sorted({round(i * (len(ts) - 1) / (CALIB_INPUTS - 1)) for i in range(CALIB_INPUTS)})  # all groups

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from trdq.generate import generate_images
 from trdq.models.loader import LoadedModel
+from trdq.sampling import generate
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def eps_sqnr_per_step(fp: LoadedModel, quantized: LoadedModel, prompts: Sequence
     try:
         for lo in range(0, len(prompts), batch_size):
             calls["n"] = 0
-            generate_images(fp, prompts[lo:lo + batch_size], seeds[lo:lo + batch_size], steps=steps,
+            generate(fp, prompts[lo:lo + batch_size], seeds[lo:lo + batch_size], steps=steps,
                             guidance=guidance, batch_size=batch_size)
     finally:
         handle.remove()

@@ -22,7 +22,7 @@ from transformers.utils import logging as transformers_logging
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-EMBEDDED = {"shapes-t2i": ASSETS / "shapes-t2i"}
+EMBEDDED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-t2v": ASSETS / "shapes-t2v"}
 SETTINGS_FILE = "trdq_model.json"
 
 
@@ -31,10 +31,12 @@ class ModelSettings:
     """Sampling defaults a model folder may carry in ``trdq_model.json``.
 
     Attributes:
-        world: the caption world its prompts come from ("shapes" for the embedded models), or None.
+        world: the caption world its prompts come from (``"shapes"`` for shapes-t2i, ``"moving-shapes"``
+            for shapes-t2v; see :mod:`trdq.worlds`), or None.
         max_sequence_length: tokens of the text encoder's input; captions longer are truncated.
         steps: default number of sampling steps.
         guidance: default classifier-free guidance scale.
+        num_frames: frames per clip of a video model (None for an image model: the pipeline's default).
         training: how the model was trained (steps, batch size, seconds), for the record.
     """
 
@@ -42,6 +44,7 @@ class ModelSettings:
     max_sequence_length: int = 120
     steps: int = 20
     guidance: float = 4.5
+    num_frames: int | None = None
     training: dict | None = None
 
 

@@ -7,7 +7,7 @@ checkpoint uses, so everything downstream (quantization, the app) runs the real 
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, LatteTransformer3DModel, PixArtTransformer2DModel
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
@@ -21,9 +21,9 @@ MAX_TOKENS = 16  # longest caption of the grammar is 9 words + </s>
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the grammar's vocabulary; other words map to ``<unk>``."""
-    words = list(SPECIAL_TOKENS) + sorted(shapes.VOCABULARY)
+def build_tokenizer(vocabulary=shapes.VOCABULARY) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over a grammar's vocabulary; other words map to ``<unk>``."""
+    words = list(SPECIAL_TOKENS) + sorted(vocabulary)
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -63,6 +63,22 @@ def build_transformer() -> PixArtTransformer2DModel:
         out_channels=LATENT_CHANNELS, num_layers=8, cross_attention_dim=192,
         sample_size=LATENT_SIZE, patch_size=2, caption_channels=TEXT_DIM,
         use_additional_conditions=False,
+    )
+
+
+def build_latte_transformer(num_frames: int) -> LatteTransformer3DModel:
+    """A Latte transformer shaped like :func:`build_transformer` (so its spatial blocks can start
+    from the image model's), with one temporal block after each spatial one.
+
+    ``out_channels`` is twice the latent channels because ``LattePipeline`` always keeps the first
+    half of the prediction (the second half is the learned variance of real Latte checkpoints).
+    """
+    return LatteTransformer3DModel(
+        num_attention_heads=6, attention_head_dim=32, in_channels=LATENT_CHANNELS,
+        out_channels=2 * LATENT_CHANNELS, num_layers=8, cross_attention_dim=192, attention_bias=True,
+        sample_size=LATENT_SIZE, patch_size=2, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        caption_channels=TEXT_DIM, video_length=num_frames,
     )
 
 

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+from trdq.attention import (
+    CFGAttnProcessor,
+    measure_similarity,
+    select_layers,
+    self_attention_layers,
+    share_attention,
+)
+from trdq.sampling import generate
+
+PROMPTS = ["a large red circle in the center", "a small blue star on the left"]
+CLIP_PROMPTS = ["a large red circle moving left", "a small blue star moving up"]
+
+
+def _attn_inputs(attn, batch=4, tokens=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, tokens, attn.to_q.in_features, generator=gen)
+
+
+def test_measuring_leaves_the_output_unchanged_and_sharing_changes_only_the_uncond_half(tiny_pixart):
+    transformer = tiny_pixart.pipe.transformer
+    name, attn = next(iter(self_attention_layers(transformer).items()))
+    x = _attn_inputs(attn)
+    with torch.no_grad():
+        reference = attn.processor(attn, x)
+        measured = CFGAttnProcessor(name)(attn, x)
+        shared = CFGAttnProcessor(name, share=True)(attn, x)
+        # by hand: uncond rows use the cond rows' probabilities
+        q, k, v = (f(x).view(4, 6, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        probs = (q[2:] @ k[2:].transpose(-1, -2) * attn.scale).softmax(-1)
+        by_hand = torch.cat([probs @ v[:2], probs @ v[2:]]).transpose(1, 2).reshape(4, 6, -1)
+        by_hand = attn.to_out[0](by_hand)
+    torch.testing.assert_close(measured, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[2:], reference[2:], atol=1e-5, rtol=1e-5)
+    assert (shared[:2] - reference[:2]).abs().max() > 1e-3
+    torch.testing.assert_close(shared, by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_odd_batches_and_masks_fall_back_to_standard_attention(tiny_pixart):
+    name, attn = next(iter(self_attention_layers(tiny_pixart.pipe.transformer).items()))
+    x = _attn_inputs(attn, batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(CFGAttnProcessor(name, share=True)(attn, x), attn.processor(attn, x))
+
+
+def test_similarity_covers_every_layer_step_and_head(tiny_pixart):
+    sim = measure_similarity(tiny_pixart, PROMPTS, steps=3)
+    layers = self_attention_layers(tiny_pixart.pipe.transformer)
+    assert sim.layers == list(layers) and len(sim.timesteps) == 3
+    assert sim.cosine.shape == (len(layers), 3, 2)
+    assert ((sim.cosine > 0) & (sim.cosine <= 1 + 1e-9)).all()
+    assert sim.per_group(3).shape == (len(layers), 3)
+    assert len(sim.records()) == sim.cosine.size
+    # 2 prompts, 16 tokens of 2 heads of 32 channels per pair
+    assert (sim.score_flops == 2 * 2 * 16 * 16 * 32).all()
+
+
+def test_selection_by_threshold_budget_and_names(tiny_pixart):
+    sim = measure_similarity(tiny_pixart, PROMPTS, steps=2)
+    best = sim.layers[int(np.argmax(sim.per_layer()))]
+    assert select_layers(sim, budget=1).layers == (best,)
+    assert select_layers(sim, budget=0).skipped == 0
+    everything = select_layers(sim, threshold=0.0)
+    assert everything.layers == tuple(sim.layers) and everything.skipped == pytest.approx(1.0)
+    assert select_layers(sim, layers=[best]).skipped == pytest.approx(1 / len(sim.layers))
+    with pytest.raises(ValueError, match="exactly one"):
+        select_layers(sim, threshold=0.5, budget=1)
+    with pytest.raises(ValueError, match="unknown self-attention"):
+        select_layers(sim, layers=["blocks.9.attn1"])
+
+
+def test_sharing_changes_only_the_uncond_half_of_a_transformer_and_restores_processors(tiny_pixart):
+    from trdq.models.adapters import adapter_for
+
+    transformer = tiny_pixart.pipe.transformer
+    before = {n: a.processor for n, a in self_attention_layers(transformer).items()}
+    inputs = adapter_for(transformer).example_inputs(transformer, 4, 500.0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = transformer(**inputs, return_dict=False)[0]
+        with share_attention(tiny_pixart, list(before)):
+            shared = transformer(**inputs, return_dict=False)[0]
+    assert {n: a.processor for n, a in self_attention_layers(transformer).items()} == before
+    torch.testing.assert_close(shared[2:], reference[2:], atol=1e-4, rtol=1e-4)
+    assert (shared[:2] - reference[:2]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="not self-attention layers"):
+        with share_attention(tiny_pixart, ["transformer_blocks.0.attn2"]):
+            pass
+
+
+def test_video_models_share_spatial_and_temporal_attention(tiny_latte):
+    sim = measure_similarity(tiny_latte, CLIP_PROMPTS, steps=2)
+    assert any(n.startswith("temporal_transformer_blocks.") for n in sim.layers)
+    assert any(n.startswith("transformer_blocks.") for n in sim.layers)
+    spatial = sim.score_flops[sim.layers.index("transformer_blocks.0.attn1")]
+    temporal = sim.score_flops[sim.layers.index("temporal_transformer_blocks.0.attn1")]
+    assert spatial == 2 * 4 * 2 * 16 * 16 * 32  # prompts x frames x heads x tokens^2 x head width
+    assert temporal == 2 * 16 * 2 * 4 * 4 * 32  # prompts x tokens x heads x frames^2 x head width
+    with share_attention(tiny_latte, select_layers(sim, threshold=0.0)):
+        clips = generate(tiny_latte, CLIP_PROMPTS, [0, 1], steps=2)
+    assert clips.shape == (2, 4, 32, 32, 3)

@@ -1,0 +1,225 @@
+"""Train the embedded shapes-t2v Latte pipeline on moving shapes (seeded, resumable).
+
+    python -m trdq.train.t2v --init-image assets/shapes-t2i --steps 6000 --out runs/t2v --export assets/shapes-t2v
+
+Like Latte itself, which starts from PixArt-alpha, the video transformer starts from the image
+model: its spatial blocks, embedders and output layer are the shapes-t2i transformer's, the text
+encoder is the shapes-t2i one (rows for the new words ``moving``, ``up``, ``down`` are fresh), and
+the temporal blocks start as the identity (zeroed output projections). The image model's frozen
+VAE encodes every frame. Training is epsilon prediction on clips from :mod:`trdq.motion` with 10%
+caption dropout, AdamW with warm-up and cosine decay, and an EMA, as for the image model.
+
+Text conditioning is :func:`trdq.sampling.fixed_layout` at ``MAX_TOKENS``, as sampling builds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, LattePipeline, PixArtAlphaPipeline
+
+from trdq import motion
+from trdq.models.loader import SETTINGS_FILE
+from trdq.sampling import fixed_layout
+from trdq.train import components
+from trdq.train.t2i import ema_update
+
+log = logging.getLogger(__name__)
+
+
+class ClipPool:
+    """Per-frame posterior means and stds of rendered clips; a batch samples from the posteriors."""
+
+    def __init__(self, vae: AutoencoderKL, size: int, frames: int, seed: int):
+        self.vae, self.seed, self.frames = vae, seed, frames
+        self.labels = torch.zeros(size, dtype=torch.long)
+        shape = (size, components.LATENT_CHANNELS, frames, components.LATENT_SIZE, components.LATENT_SIZE)
+        self.mean = torch.zeros(shape)
+        self.std = torch.zeros(shape)
+        self.refresh(0, size, round_=0)
+
+    @torch.no_grad()
+    def refresh(self, start: int, count: int, round_: int, chunk: int = 32) -> None:
+        """Re-render entries [start, start + count) with jitter drawn from (seed, round_)."""
+        rng = np.random.default_rng([self.seed, round_, start])
+        scenes = motion.all_scenes()
+        for lo in range(start, start + count, chunk):
+            hi = min(lo + chunk, start + count)
+            idx = rng.integers(0, len(scenes), hi - lo)
+            clips = np.stack([motion.render_clip(scenes[i], rng, self.frames) for i in idx])
+            frames = components.images_to_tensor(clips.reshape(-1, *clips.shape[2:]))
+            dist = self.vae.encode(frames).latent_dist
+            to_clips = lambda x: x.reshape(hi - lo, self.frames, *x.shape[1:]).transpose(1, 2)  # noqa: E731
+            self.labels[lo:hi] = torch.as_tensor(idx)
+            self.mean[lo:hi], self.std[lo:hi] = to_clips(dist.mean), to_clips(dist.std)
+
+    def sample(self, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.randint(0, len(self.labels), (size,), generator=gen)
+        z = self.mean[i] + self.std[i] * torch.randn(self.mean[i].shape, generator=gen)
+        return z * self.vae.config.scaling_factor, self.labels[i]
+
+
+def init_from_image_model(model: torch.nn.ModuleDict, image_model: Path, tokenizer) -> None:
+    """Copy the shapes-t2i weights into the video transformer and text encoder (see module doc)."""
+    image = PixArtAlphaPipeline.from_pretrained(image_model)
+    spatial = image.transformer.state_dict()
+    video = model["transformer"]
+    channels = components.LATENT_CHANNELS
+    with torch.no_grad():
+        for name in ("proj_out.weight", "proj_out.bias"):  # rows are (patch position, channel)
+            src = spatial.pop(name)
+            dst = torch.zeros_like(video.state_dict()[name])
+            dst.view(-1, 2 * channels, *src.shape[1:])[:, :channels] = src.view(-1, channels, *src.shape[1:])
+            spatial[name] = dst
+        missing, unexpected = video.load_state_dict(spatial, strict=False)
+        assert not unexpected and all(k.startswith("temporal_transformer_blocks.") for k in missing)
+        for block in video.temporal_transformer_blocks:  # start as the identity
+            for layer in (block.attn1.to_out[0], block.ff.net[2]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        old_vocab, new_vocab = image.tokenizer.get_vocab(), tokenizer.get_vocab()
+        text = image.text_encoder.state_dict()
+        old_rows = text.pop("shared.weight")
+        new_rows = model["text_encoder"].shared.weight.detach().clone()
+        for word, i in new_vocab.items():
+            if word in old_vocab:
+                new_rows[i] = old_rows[old_vocab[word]]
+        text = {k: v for k, v in text.items() if k != "encoder.embed_tokens.weight"}
+        model["text_encoder"].load_state_dict(text, strict=False)
+        model["text_encoder"].shared.weight.copy_(new_rows)
+    log.info("initialised from the image model %s (%d of %d words known)", image_model,
+             sum(w in old_vocab for w in new_vocab), len(new_vocab))
+
+
+def export(path: Path, tokenizer, text_encoder, transformer, vae, frames: int, training: dict) -> None:
+    """Save the EMA weights as a complete LattePipeline (safetensors)."""
+    pipe = LattePipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                         scheduler=components.build_scheduler())
+    pipe.save_pretrained(path, safe_serialization=True)
+    settings = {"world": "moving-shapes", "max_sequence_length": components.MAX_TOKENS, "steps": 20,
+                "guidance": 4.5, "num_frames": frames, "training": training}
+    (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    log.info("exported pipeline to %s", path)
+
+
+def train(args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    image = PixArtAlphaPipeline.from_pretrained(args.init_image)
+    vae = image.vae.eval().requires_grad_(False)
+    tokenizer = components.build_tokenizer(motion.VOCABULARY)
+    model = torch.nn.ModuleDict({
+        "transformer": components.build_latte_transformer(args.frames),
+        "text_encoder": components.build_text_encoder(len(tokenizer)),
+    })
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    noise = DDPMScheduler.from_config(components.build_scheduler().config)
+    step, seconds, state_path = 0, 0.0, args.out / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema = copy.deepcopy(model).requires_grad_(False)
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, seconds = state["step"], state.get("seconds", 0.0)
+        log.info("resumed at step %d", step)
+    elif args.init_from is not None:  # the committed video pipeline on a fresh machine: new optimizer
+        init = LattePipeline.from_pretrained(args.init_from)
+        model["transformer"].load_state_dict(init.transformer.state_dict())
+        model["text_encoder"].load_state_dict(init.text_encoder.state_dict())
+        ema = copy.deepcopy(model).requires_grad_(False)
+        step = args.init_step
+        log.info("initialised from %s at step %d", args.init_from, step)
+    else:
+        init_from_image_model(model, args.init_image, tokenizer)
+        ema = copy.deepcopy(model).requires_grad_(False)
+    gen = torch.Generator().manual_seed(args.seed * 1000003 + step)
+    pool = ClipPool(vae, args.pool_size, args.frames, args.seed + step)
+    texts = [s.caption for s in motion.all_scenes()] + [""]
+    enc = tokenizer(texts, padding="max_length", max_length=components.MAX_TOKENS, truncation=True,
+                    return_tensors="pt")
+    null = len(texts) - 1
+    alphas = noise.alphas_cumprod
+    channels = components.LATENT_CHANNELS
+    t0, losses, last = time.time(), [], time.time()
+    last_step = min(args.steps, args.stop_after or args.steps)
+    while step < last_step:
+        warm = min(1.0, (step + 1) / args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        z0, labels = pool.sample(args.batch_size, gen)
+        dropped = torch.rand(len(labels), generator=gen) < args.caption_dropout
+        labels = torch.where(dropped, torch.full_like(labels, null), labels)
+        t = torch.randint(0, noise.config.num_train_timesteps, (len(z0),), generator=gen)
+        eps = torch.randn(z0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            text = fixed_layout(model["text_encoder"], enc.input_ids[labels], enc.attention_mask[labels], ~dropped)
+            pred = model["transformer"](zt, encoder_hidden_states=text, timestep=t, return_dict=False)[0]
+        loss = F.mse_loss(pred[:, :channels].float(), eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seconds, last = seconds + time.time() - last, time.time()
+        ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if step % 25 == 0:
+            log.info("step %d loss %.4f lr %.2e  %.2f s/step", step, np.mean(losses),
+                     opt.param_groups[0]["lr"], (time.time() - t0) / 25)
+            t0, losses = time.time(), []
+        if step % args.refresh_every == 0:  # keep the jitter fresh: replace a quarter of the pool
+            quarter = args.pool_size // 4
+            pool.refresh((step // args.refresh_every) % 4 * quarter, quarter, round_=step)
+        if step % args.save_every == 0 or step == last_step:
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
+                        "opt": opt.state_dict(), "step": step, "seconds": seconds}, state_path)
+        if step % args.export_every == 0 or step == last_step:
+            export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae, args.frames,
+                   {"steps": step, "batch_size": args.batch_size, "train_seconds": round(seconds),
+                    "init": "shapes-t2i"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init-image", type=Path, default=Path("assets/shapes-t2i"),
+                        help="the image pipeline whose VAE, text encoder and spatial blocks start the model")
+    parser.add_argument("--out", type=Path, default=Path("runs/t2v"))
+    parser.add_argument("--export", type=Path, default=Path("assets/shapes-t2v"))
+    parser.add_argument("--frames", type=int, default=motion.NUM_FRAMES)
+    parser.add_argument("--steps", type=int, default=6000, help="length of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end (save and export) at this step, before the schedule ends")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--pool-size", type=int, default=4096)
+    parser.add_argument("--refresh-every", type=int, default=500)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="bf16 autocast for the forward/backward matmuls (about 2x faster on CPU)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="without OUT/state.pt: start from this exported video pipeline's (EMA) weights")
+    parser.add_argument("--init-step", type=int, default=0, help="step count to continue from with --init-from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--export-every", type=int, default=500)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
