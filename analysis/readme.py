@@ -117,6 +117,47 @@ def outlier_table(path: Path, shown_steps: tuple[int, ...] = (0, 5, 10, 15, 19))
     return _markdown(pd.DataFrame(rows))
 
 
+def clip_quality_table(path: Path) -> str:
+    """Video records: clip adherence (colour, shape, direction), per-attribute accuracy, temporal
+    consistency and, for quantized models, closeness to FP."""
+    rows = []
+    for r in json.loads(path.read_text()):
+        if "sharing" in r:
+            continue
+        rows.append({
+            "model": r["model"], "method": r["method"], "bits": r["bits"], "execution": r["execution"],
+            "prompts": r["num_prompts"], "adherence": f"{r['adherence']:.3f}",
+            "color": f"{r['acc_color']:.3f}", "shape": f"{r['acc_shape']:.3f}",
+            "direction": f"{r['acc_direction']:.3f}", "size": f"{r['acc_size']:.3f}",
+            "temporal consistency": f"{r['temporal_consistency']:.3f}", "shapes_fd": f"{r['shapes_fd']:.2f}",
+            "psnr_vs_fp (dB)": f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "-",
+            "ssim_vs_fp": f"{r['ssim_vs_fp']:.3f}" if "ssim_vs_fp" in r else "-",
+        })
+    return _markdown(pd.DataFrame(rows))
+
+
+def sharing_table(path: Path, max_drop: float = 0.02, min_skipped: float = 0.25) -> str:
+    """Attention-Sharing: per model and rule, the unconditional attention-score compute skipped and
+    the quality against the same model without sharing; "bar" says whether the rule skips at least
+    ``min_skipped`` while adherence drops by at most ``max_drop`` (issue 7's bar)."""
+    records = json.loads(path.read_text())
+    plain = {(r["method"], r["bits"]): r for r in records if "sharing" not in r}
+    rows = []
+    for r in records:
+        base = plain[(r["method"], r["bits"])]
+        shared = "sharing" in r
+        drop = base["adherence"] - r["adherence"]
+        skipped = r.get("attn_score_skipped", 0.0)
+        rows.append({
+            "method": r["method"], "bits": r["bits"], "sharing": r.get("sharing", "none"),
+            "layers shared": len(r.get("shared_layers", [])), "uncond scores skipped": f"{skipped:.0%}",
+            "adherence": f"{r['adherence']:.3f}", "drop": f"{drop:+.3f}" if shared else "-",
+            "psnr_vs_fp (dB)": f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "-",
+            "bar": "-" if not shared else ("yes" if skipped >= min_skipped and drop <= max_drop else "no"),
+        })
+    return _markdown(pd.DataFrame(rows))
+
+
 def bench_table(path: Path) -> str:
     """Per backend: transformer step latency, image latency, weight bytes and memory, with the
     setup and machine of the run above the table (``python -m trdq bench``)."""
@@ -152,6 +193,10 @@ def bench_table(path: Path) -> str:
             "online transforms": "-" if not r.get("online_transforms")
             else f"{100 * r['online_transforms']['share']:.0f}% of step",
         })
+        if sharing := r.get("sharing"):
+            rows[-1]["step with sharing (ms)"] = (
+                f"{sharing['step_ms']['median']:.1f} ({len(sharing['layers'])}/{sharing['of']} layers, "
+                f"{sharing['attn_score_skipped']:.0%} of uncond scores skipped)")
     return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-"))
 
 
@@ -163,6 +208,9 @@ TABLES = {
     "ablation": (RESULTS / "shapes-t2i-ablation.json", ablation_table),
     "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
     "bench-shapes": (RESULTS / "bench-shapes-t2i.json", bench_table),
+    "video-quality": (RESULTS / "shapes-t2v-fp.json", clip_quality_table),
+    "sharing-image": (RESULTS / "shapes-t2i-sharing.json", sharing_table),
+    "sharing-video": (RESULTS / "shapes-t2v-sharing.json", sharing_table),
 }
 
 

@@ -191,3 +191,21 @@ def test_real_backends_report_the_share_of_their_online_transforms(report):
     online = real["online_transforms"]
     assert 0 < online["transform_ms"] < online["profiled_step_ms"]
     assert online["share"] == pytest.approx(online["transform_ms"] / online["profiled_step_ms"], abs=1e-3)
+
+
+def test_attention_sharing_is_timed_beside_the_plain_step():
+    spec = _spec(share_attention=1)
+    out = bench.run(spec, bench.parse_backends(["fp32", "trdq-w8a8-real"]), isolate=False)
+    for r in out["results"]:
+        sharing = r["sharing"]
+        assert len(sharing["layers"]) == 1 and sharing["of"] == 2 and sharing["step_ms"]["median"] > 0
+        assert sharing["attn_score_skipped"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="even --batch"):
+        _spec(share_attention=1, batch=3)
+
+
+def test_a_pipeline_chooses_shared_layers_from_its_prompts():
+    spec = bench.BenchSpec(model="shapes-t2i", warmup=1, repeats=1, e2e_repeats=1, threads=1, share_attention=2)
+    (r,) = bench.run(spec, bench.parse_backends(["fp32"]), isolate=False)["results"]
+    assert r["sharing"]["chosen_by"] == "similarity on prompts" and r["sharing"]["of"] == 8
+    assert "transformer_blocks.0.attn1" in r["sharing"]["layers"]  # text-free first block: maps identical

@@ -145,6 +145,20 @@ class Similarity:
 
 
 @torch.no_grad()
+def similarity_of_call(transformer: torch.nn.Module, **inputs) -> Similarity:
+    """The cond/uncond similarity of one forward call on a ``[uncond; cond]`` batch (one "step"),
+    for a bare transformer without a pipeline to sample with."""
+    layers = self_attention_layers(transformer)
+    recorder = Recorder()
+    with _processors(layers, lambda name: CFGAttnProcessor(name, recorder=recorder)):
+        transformer(**inputs)
+    names = [n for n in layers if n in recorder.score_flops]
+    cosine = np.stack([recorder.sums[(n, 0.0)] / recorder.counts[(n, 0.0)] for n in names])[:, None]
+    flops = np.array([recorder.score_flops[n] for n in names], dtype=float)
+    return Similarity(names, [0.0], cosine, flops)
+
+
+@torch.no_grad()
 def measure_similarity(model, prompts: Sequence[str], steps: int | None = None, guidance: float | None = None,
                        seed: int = 0, batch_size: int = 8,
                        progress: Callable[[int, int], None] | None = None) -> Similarity:

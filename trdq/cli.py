@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--groups", type=int, default=4, help="time groups of the quantized backends")
     be.add_argument("--rotation", default="duquant",
                     help="rotation of the quantized backends: " + ", ".join(ROTATIONS))
+    be.add_argument("--share-attention", type=int, default=0,
+                    help="also time each step with Attention-Sharing in this many self-attention layers "
+                         "(the most alike cond/uncond ones); 0: not measured")
     be.add_argument("--mem-limit-gib", type=float, default=None,
                     help="address-space cap of each worker beyond its size after imports "
                          "(default 90%% of the memory available when it starts; 0: none)")
@@ -239,7 +242,8 @@ def cmd_bench(args) -> None:
                  if v is not None}
     spec = bench.BenchSpec(model=args.model, resolution=args.resolution, batch=args.batch, warmup=args.warmup,
                            repeats=args.repeats, e2e_repeats=args.e2e_repeats, threads=args.threads,
-                           groups=args.groups, rotation=args.rotation, seed=args.seed, overrides=overrides,
+                           groups=args.groups, rotation=args.rotation, share_attention=args.share_attention,
+                           seed=args.seed, overrides=overrides,
                            mem_limit_gib=args.mem_limit_gib)
     backends = bench.parse_backends(_items(args.backends or ",".join(bench.DEFAULT_BACKENDS)),
                                     _items(args.deployment))

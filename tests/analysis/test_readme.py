@@ -38,3 +38,18 @@ def test_update_rewrites_only_marked_tables(tmp_path, monkeypatch):
     assert update(doc) == ["ablation"]
     text = doc.read_text()
     assert "old" not in text and "| w4a8 | 4 | searched | duquant |" in text and text.endswith("end\n")
+
+
+def test_sharing_table_checks_skip_and_drop_against_the_unshared_model(tmp_path):
+    from analysis.readme import sharing_table
+
+    records = [{"method": "trdq", "bits": "w8a8", "adherence": 0.99, "psnr_vs_fp": 50.0},
+               {"method": "trdq", "bits": "w8a8", "adherence": 0.98, "psnr_vs_fp": 40.0, "sharing": "top2",
+                "shared_layers": ["a", "b"], "attn_score_skipped": 0.25},
+               {"method": "trdq", "bits": "w8a8", "adherence": 0.95, "psnr_vs_fp": 30.0, "sharing": "top4",
+                "shared_layers": ["a", "b", "c", "d"], "attn_score_skipped": 0.5}]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(records))
+    lines = sharing_table(path).splitlines()
+    assert "| top2 | 2 | 25% | 0.980 | +0.010 | 40.00 | yes |" in lines[3]
+    assert lines[4].endswith("| no |") and "+0.040" in lines[4]

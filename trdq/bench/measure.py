@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trdq.bench.models import Fitted, build, step_inputs
-from trdq.bench.spec import FULL_PRECISION, MIB, Backend, BenchSpec
+from trdq.bench.spec import CALIB_PROMPTS, FULL_PRECISION, MIB, Backend, BenchSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,27 @@ def mib(n: int | None) -> float | None:
     return None if n is None else round(n / MIB, 1)
 
 
+def shared_step(spec: BenchSpec, built, inputs: dict) -> dict:
+    """The step timed again with Attention-Sharing in ``spec.share_attention`` layers, chosen by
+    cond/uncond similarity: over the world's prompts for a shapes-world pipeline, else on this
+    step's own inputs (random weights and inputs: the choice is arbitrary, the cost is not)."""
+    from trdq.attention import measure_similarity, select_layers, share_attention, similarity_of_call
+    from trdq.worlds import WORLDS
+
+    world = None if spec.bare else WORLDS.get(built.model.settings.world)
+    if world is not None:
+        prompts = [s.caption for s in world.sample_scenes(CALIB_PROMPTS, seed=7919)]
+        similarity, chosen_by = measure_similarity(built.model, prompts, steps=4), "similarity on prompts"
+    else:
+        similarity, chosen_by = similarity_of_call(built.transformer, **inputs), "similarity on the step inputs"
+    budget = min(spec.share_attention, len(similarity.layers))
+    plan = select_layers(similarity, budget=budget)
+    with share_attention(built.transformer, plan):
+        step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3)
+    return {"layers": list(plan.layers), "of": len(similarity.layers), "attn_score_skipped": plan.skipped,
+            "chosen_by": chosen_by, "step_ms": step}
+
+
 def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> dict:
     """Build ``backend``'s model in this process (a quantized one from ``fitted``) and measure it
     (see :mod:`trdq.bench`).
@@ -176,11 +197,12 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         e2e = None if spec.bare else timed(
             lambda: generate(built.model, [prompt], [spec.seed], batch_size=1), 1, spec.e2e_repeats)
         online = online_transform_share(built.transformer, inputs) if execution == "real integer" else None
+        sharing = None if not spec.share_attention else shared_step(spec, built, inputs)
     latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
     return {
         "backend": backend.name, "execution": execution, "dtype": backend.dtype, "bits": backend.bits,
         "deployment": backend.deployment, "status": "ok", "step_ms": step, "e2e_s_per_image": e2e,
-        "online_transforms": online,
+        "online_transforms": online, "sharing": sharing,
         "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),
         "fit_seconds": None if fitted is None else fitted.fit_seconds,
         "rss_baseline_mib": mib(baseline), "rss_model_mib": mib(rss_model),

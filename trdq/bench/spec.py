@@ -102,6 +102,8 @@ class BenchSpec:
         e2e_repeats: timed images of a pipeline, after one untimed image.
         threads: torch threads (None: every usable core).
         groups, rotation: time groups and rotation of the quantized backends.
+        share_attention: also time each step with Attention-Sharing in this many self-attention
+            layers (the most alike cond/uncond ones, :mod:`trdq.attention`); 0: not measured.
         overrides: config overrides of a random model's transformer (e.g. ``{"num_layers": 2}``).
         mem_limit_gib: address-space cap of a worker beyond its size after imports (None: 90% of
             the memory available when it starts; 0: none), so that a backend too big for the
@@ -117,11 +119,16 @@ class BenchSpec:
     threads: int | None = None
     groups: int = 4
     rotation: str = "duquant"
+    share_attention: int = 0
     seed: int = 0
     overrides: dict = field(default_factory=dict)
     mem_limit_gib: float | None = None
 
     def __post_init__(self):
+        if self.share_attention < 0:
+            raise ValueError(f"share_attention is a number of layers, at least 0, got {self.share_attention}")
+        if self.share_attention and self.batch % 2:
+            raise ValueError("Attention-Sharing needs the CFG pair in the batch: use an even --batch")
         for name in ("batch", "warmup", "e2e_repeats", "groups", "repeats", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
