@@ -1,4 +1,4 @@
-"""``python -m analysis outliers|readme``."""
+"""``python -m analysis outliers|readme|report``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from analysis.report_cli import add_arguments as add_report_arguments
 from trdq import shapes
 from trdq.eval.runner import write_json
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--seed", type=int, default=0)
     out.add_argument("--json", type=Path, required=True)
     sub.add_parser("readme", help="rewrite the README's tables from assets/results/*.json")
+    add_report_arguments(sub.add_parser("report", help="quantize a model and write a one-file HTML report"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                           guidance=args.guidance)
         write_json(records, args.json)
         log.info("%d records -> %s", len(records), args.json)
+    elif args.command == "report":
+        from analysis.report_cli import run
+
+        log.info("report -> %s", run(args))
     else:
         from analysis.readme import update
 
