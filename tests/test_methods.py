@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from trdq import quantizer as Q
@@ -40,3 +41,20 @@ def test_selection_never_does_worse_than_no_transform():
 def test_a_fixed_alpha_turns_the_search_off():
     recipe = recipe_for(QuantConfig(method="trdq", alpha=0.3))
     assert recipe.smoothing == "fixed"
+
+
+def test_a_fixed_alpha_per_time_group_is_used_in_its_group():
+    from trdq.calibrate import InputObserver
+    from trdq.config import QuantConfig, TimeGroups
+    from trdq.methods import fit_layer
+
+    torch.manual_seed(0)
+    obs = InputObserver("x", 2, 16)
+    for g in range(2):
+        obs.update(torch.randn(64, 16) * torch.linspace(0.1, 10, 16), g)
+    config = QuantConfig(method="viditq", time_groups=TimeGroups(2), alpha=(0.2, 0.8))
+    transforms = fit_layer(torch.randn(8, 16), obs, config)
+    assert [t.alpha for t in transforms] == [0.2, 0.8]
+    with pytest.raises(ValueError, match="one per group"):
+        QuantConfig(time_groups=TimeGroups(4), alpha=(0.2, 0.8))
+    assert QuantConfig.from_dict(config.to_dict()).alpha == (0.2, 0.8)

@@ -79,7 +79,8 @@ class QuantConfig:
         w_group_size: input channels per weight quantization group (None: one per output channel).
         a_symmetric: symmetric per-token activation grid (default asymmetric).
         time_groups: how sampling steps are grouped (TR-DQ and ViDiT-Q-style use them).
-        alpha: smoothing strength for every group; None searches alpha_g per group over
+        alpha: smoothing strength: one value for every group, a tuple of one value per time group
+            (alpha_g; methods without time groups use the first), or None to search alpha_g per group over
             ``alpha_grid``.
         rotation: ``duquant`` (R1 P R2), ``hadamard`` (randomised) or ``none``.
         block_size: rotation block size (clipped to the layer width).
@@ -103,7 +104,7 @@ class QuantConfig:
     w_group_size: int | None = None
     a_symmetric: bool = False
     time_groups: TimeGroups = field(default_factory=TimeGroups)
-    alpha: float | None = None
+    alpha: float | tuple[float, ...] | None = None
     alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
     rotation: str = "duquant"
     block_size: int = 128
@@ -122,7 +123,12 @@ class QuantConfig:
         check_bits(self.a_bits, "a_bits")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {self.rotation!r}; choose one of {', '.join(ROTATIONS)}")
-        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+        if isinstance(self.alpha, (tuple, list)):
+            object.__setattr__(self, "alpha", tuple(float(a) for a in self.alpha))
+            if len(self.alpha) != self.time_groups.num_groups:
+                raise ValueError(f"alpha gives {len(self.alpha)} values for {self.time_groups.num_groups} time "
+                                 "groups: give one per group, one value for all, or None to search")
+        if self.alpha is not None and not all(0.0 <= a <= 1.0 for a in self.alphas()):
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
         if not self.alpha_grid or any(not 0.0 <= a <= 1.0 for a in self.alpha_grid):
             raise ValueError(f"alpha_grid must be a non-empty tuple of values in [0, 1], got {self.alpha_grid}")
@@ -151,9 +157,19 @@ class QuantConfig:
         d = dict(d)
         tg = d.pop("time_groups")
         tg = TimeGroups(boundaries=tuple(tg["boundaries"])) if tg.get("boundaries") else TimeGroups(tg["num_groups"])
+        if isinstance(d.get("alpha"), list):
+            d["alpha"] = tuple(d["alpha"])
         for key in ("alpha_grid", "include", "exclude", "uncond_bits"):
             d[key] = None if d.get(key) is None else tuple(d[key])
         return cls(time_groups=tg, **d)
+
+    def alphas(self) -> tuple[float, ...]:
+        """The fixed alpha of every time group (empty when alpha is searched)."""
+        if self.alpha is None:
+            return ()
+        if isinstance(self.alpha, tuple):
+            return self.alpha
+        return (float(self.alpha),) * self.time_groups.num_groups
 
     @property
     def bits(self) -> str:

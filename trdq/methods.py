@@ -100,19 +100,20 @@ def _candidate(alpha: float | None, x: torch.Tensor, absmax: torch.Tensor, w_abs
 
 
 def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Recipe,
-              config: QuantConfig) -> GroupTransform:
+              config: QuantConfig, group: int = 0) -> GroupTransform:
     """The transform of one layer in one time group.
 
     Args:
         w: (C_out, C_in) weight.
         x: (n, C_in) calibration sample of that group's inputs.
         absmax: (C_in,) running abs-max of that group's inputs.
+        group: the time group (for a per-group fixed alpha).
     """
     w_absmax = w.abs().amax(0)
     if recipe.smoothing == "none":
         alphas: list[float | None] = [None]
     elif recipe.smoothing == "fixed":
-        alphas = [config.alpha if config.alpha is not None else DEFAULT_FIXED_ALPHA]
+        alphas = [config.alphas()[group] if config.alpha is not None else DEFAULT_FIXED_ALPHA]
     else:
         alphas = list(config.alpha_grid)
     candidates = [_candidate(a, x, absmax, w_absmax, recipe.rotation, config) for a in alphas]
@@ -132,5 +133,5 @@ def fit_layer(w: torch.Tensor, observer: InputObserver, config: QuantConfig) -> 
     """One transform per time group for a layer, from its calibration statistics."""
     recipe = recipe_for(config)
     w = w.detach().double().cpu()
-    return [fit_group(w, observer.sample(g), observer.absmax[g], recipe, config)
+    return [fit_group(w, observer.sample(g), observer.absmax[g], recipe, config, g)
             for g in range(observer.absmax.shape[0])]
