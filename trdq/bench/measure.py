@@ -88,7 +88,7 @@ def _trim() -> None:
         pass
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS (Linux 4.0+)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -186,7 +186,7 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         raise ValueError(f"{backend.name} should run {backend.execution!r}, its model reports {execution!r}")
     _trim()
     peak_build, rss_model = proc_bytes("/proc/self/status", "VmHWM"), proc_bytes("/proc/self/status", "VmRSS")
-    reset = _reset_peak()
+    reset = reset_peak()
     timestep = built.timesteps[len(built.timesteps) // 2]
     inputs = step_inputs(built.transformer, built.latent, built.text_tokens, spec.batch, timestep, spec.seed)
     log.info("%s (%s): built in %.1f s; %d warm-up + %d timed steps", backend.name, execution, build_s,
