@@ -1,4 +1,4 @@
-"""``python -m analysis outliers|readme|report``."""
+"""``python -m analysis outliers|readme|report|screenshots``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--json", type=Path, required=True)
     sub.add_parser("readme", help="rewrite the README's tables from assets/results/*.json")
     add_report_arguments(sub.add_parser("report", help="quantize a model and write a one-file HTML report"))
+    shots = sub.add_parser("screenshots", help="screenshot every tab of the app in headless chromium")
+    shots.add_argument("--out", type=Path, default=Path("assets/screenshots"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
                           guidance=args.guidance)
         write_json(records, args.json)
         log.info("%d records -> %s", len(records), args.json)
+    elif args.command == "screenshots":
+        from analysis.screenshots import take
+
+        take(args.out)
     elif args.command == "report":
         from analysis.report_cli import run
 
