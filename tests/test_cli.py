@@ -128,3 +128,13 @@ def test_eval_with_a_cfg_split_labels_the_uncond_bits(tmp_path, caplog):
     assert q["bits"] == "w4a8/uncond-w4a4" and q["cfg_split"] is True
     assert main(["eval", "--methods", "trdq", "--uncond-bits", "w4a4", "--json", str(out)]) == 2
     assert "needs --cfg-split" in caplog.text
+
+
+def test_uncond_bits_list_makes_one_split_config_each():
+    from trdq.cli import build_parser, quant_configs
+
+    args = build_parser().parse_args(["eval", "--json", "x", "--methods", "trdq", "--bits", "w8a8,w4a8",
+                                      "--cfg-split", "--uncond-bits", "same,w4a4"])
+    configs = quant_configs(args)[1]
+    assert [c.bits for c in configs] == ["w8a8", "w8a8/uncond-w4a4", "w4a8", "w4a8/uncond-w4a4"]
+    assert all(c.cfg_split for c in configs)

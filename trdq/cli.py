@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cfg-split", action="store_true",
                     help="quantize the CFG branches apart (own statistics and parameters, separate passes)")
     ev.add_argument("--uncond-bits", default=None,
-                    help="with --cfg-split: WxAy of the unconditional branch, e.g. w4a4 (default: as --bits)")
+                    help="with --cfg-split: WxAy of the unconditional branch, e.g. w4a4, or 'same' (as --bits); "
+                         "a comma list runs each")
     ev.add_argument("--share-attention", default=None,
                     help="Attention-Sharing between the CFG branches, a comma list of rules: N (the N "
                          "self-attention layers whose cond/uncond maps are most alike) or a cosine in [0, 1] "
@@ -174,17 +175,17 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
         raise ValueError(f"unknown method(s) {unknown or args.methods!r}; choose from fp, {', '.join(METHODS)}")
     bits = [parse_bits(b) for b in _items(args.bits)]
     cfg_split = getattr(args, "cfg_split", False)
-    uncond = getattr(args, "uncond_bits", None)
-    if uncond is not None and not cfg_split:
+    uncond_items = _items(getattr(args, "uncond_bits", None) or "same")
+    if uncond_items != ["same"] and not cfg_split:
         raise ValueError("--uncond-bits needs --cfg-split (the branches share one model otherwise)")
-    uncond = parse_bits(uncond) if uncond is not None else None
+    uncond_list = [None if u == "same" else parse_bits(u) for u in uncond_items]
     groups = [_groups(g, steps) for g in _items(args.groups)]
     rotations, alphas = _items(args.rotation), [_alpha(a) for a in _items(args.alpha)]
     if bad := [r for r in rotations if r not in ROTATIONS]:
         raise ValueError(f"unknown rotation(s) {bad}; choose from {', '.join(ROTATIONS)}")
     configs, seen = [], set()
     for m in methods:
-        for (w, a), g, r, alpha in itertools.product(bits, groups, rotations, alphas):
+        for (w, a), g, r, alpha, uncond in itertools.product(bits, groups, rotations, alphas, uncond_list):
             if m == "fp":
                 continue
             config = QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(g), rotation=r,
