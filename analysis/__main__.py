@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--json", type=Path, required=True)
     sub.add_parser("readme", help="rewrite the README's tables from assets/results/*.json")
     add_report_arguments(sub.add_parser("report", help="quantize a model and write a one-file HTML report"))
+    timing = sub.add_parser("app-timing", help="time `import app` and the first default comparison")
+    timing.add_argument("--threads", type=int, default=None)
+    timing.add_argument("--json", type=Path, default=Path("assets/results/app-timing.json"))
     shots = sub.add_parser("screenshots", help="screenshot every tab of the app in headless chromium")
     shots.add_argument("--out", type=Path, default=Path("assets/screenshots"))
     args = parser.parse_args(argv)
@@ -40,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                           guidance=args.guidance)
         write_json(records, args.json)
         log.info("%d records -> %s", len(records), args.json)
+    elif args.command == "app-timing":
+        from analysis.app_timing import measure
+
+        write_json(measure(args.threads), args.json)
+        log.info("wrote %s", args.json)
     elif args.command == "screenshots":
         from analysis.screenshots import take
 

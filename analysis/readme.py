@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.app_timing import table as app_timing_table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "assets" / "results"
 
@@ -209,6 +211,9 @@ TABLES = {
     "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
     "bench-shapes": (RESULTS / "bench-shapes-t2i.json", bench_table),
     "video-quality": (RESULTS / "shapes-t2v-fp.json", clip_quality_table),
+    "video-quantized": (RESULTS / "shapes-t2v-sharing.json", clip_quality_table),
+    "cfg-split": (RESULTS / "shapes-t2i-cfg-split.json", quantized_table),
+    "app-timing": (RESULTS / "app-timing.json", app_timing_table),
     "sharing-image": (RESULTS / "shapes-t2i-sharing.json", sharing_table),
     "sharing-video": (RESULTS / "shapes-t2v-sharing.json", sharing_table),
 }
