@@ -55,7 +55,8 @@ def test_t2v_starts_from_the_image_model_and_resumes(tmp_path: Path):
     args = argparse.Namespace(
         init_image=EMBEDDED["shapes-t2i"], out=tmp_path / "t2v", export=tmp_path / "pipe", frames=4, steps=2,
         stop_after=None, batch_size=2, lr=1e-4, warmup=1, ema=0.9, caption_dropout=0.5, pool_size=4,
-        refresh_every=1, bf16=False, seed=0, save_every=1, export_every=2, init_from=None, init_step=0)
+        refresh_every=1, bf16=False, seed=0, save_every=1, export_every=2, init_from=None, init_step=0,
+        temporal_lr_mult=3.0, high_noise=0.5)
     t2v.train(args)
     args.steps = 3  # resume from state.pt for one more step
     t2v.train(args)

@@ -7,7 +7,9 @@ model: its spatial blocks, embedders and output layer are the shapes-t2i transfo
 encoder is the shapes-t2i one (rows for the new words ``moving``, ``up``, ``down`` are fresh), and
 the temporal blocks start as the identity (zeroed output projections). The image model's frozen
 VAE encodes every frame. Training is epsilon prediction on clips from :mod:`trdq.motion` with 10%
-caption dropout, AdamW with warm-up and cosine decay, and an EMA, as for the image model.
+caption dropout, AdamW with warm-up and cosine decay (the new temporal blocks at a higher rate),
+and an EMA, as for the image model; half of each batch draws its timestep from the noisier half of
+the schedule, where the object's path across frames is decided.
 
 Text conditioning is :func:`trdq.sampling.fixed_layout` at ``MAX_TOKENS``, as sampling builds it.
 """
@@ -121,7 +123,11 @@ def train(args) -> None:
         "transformer": components.build_latte_transformer(args.frames),
         "text_encoder": components.build_text_encoder(len(tokenizer)),
     })
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    temporal = [p for n, p in model.named_parameters() if ".temporal_transformer_blocks." in f".{n}"]
+    rest = [p for n, p in model.named_parameters() if ".temporal_transformer_blocks." not in f".{n}"]
+    opt = torch.optim.AdamW([{"params": rest, "lr_mult": 1.0},
+                             {"params": temporal, "lr_mult": args.temporal_lr_mult}],
+                            lr=args.lr, weight_decay=0.01)
     noise = DDPMScheduler.from_config(components.build_scheduler().config)
     step, seconds, state_path = 0, 0.0, args.out / "state.pt"
     if state_path.exists():
@@ -129,7 +135,10 @@ def train(args) -> None:
         model.load_state_dict(state["model"])
         ema = copy.deepcopy(model).requires_grad_(False)
         ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
+        if len(state["opt"]["param_groups"]) == len(opt.param_groups):
+            opt.load_state_dict(state["opt"])
+        else:  # saved by a version with one parameter group: keep the weights, restart the moments
+            log.info("optimizer state has another layout; starting fresh moments")
         step, seconds = state["step"], state.get("seconds", 0.0)
         log.info("resumed at step %d", step)
     elif args.init_from is not None:  # the committed video pipeline on a fresh machine: new optimizer
@@ -155,11 +164,14 @@ def train(args) -> None:
     while step < last_step:
         warm = min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
-            group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+            group["lr"] = group["lr_mult"] * args.lr * warm * (
+                0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         z0, labels = pool.sample(args.batch_size, gen)
         dropped = torch.rand(len(labels), generator=gen) < args.caption_dropout
         labels = torch.where(dropped, torch.full_like(labels, null), labels)
         t = torch.randint(0, noise.config.num_train_timesteps, (len(z0),), generator=gen)
+        high = torch.rand(len(z0), generator=gen) < args.high_noise  # where layout and motion are decided
+        t = torch.where(high, noise.config.num_train_timesteps // 2 + t // 2, t)
         eps = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
@@ -206,6 +218,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--temporal-lr-mult", type=float, default=3.0,
+                        help="learning-rate multiplier of the temporal blocks (new, started at the identity)")
+    parser.add_argument("--high-noise", type=float, default=0.5,
+                        help="fraction of each batch with its timestep drawn from the noisier half, where "
+                             "the object's path is decided")
     parser.add_argument("--pool-size", type=int, default=4096)
     parser.add_argument("--refresh-every", type=int, default=500)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
