@@ -65,6 +65,11 @@ def test_cfg_split_model_with_coarser_uncond_bits_runs_simulated_and_real(tiny_p
     assert np.abs(real.astype(int) - sim.astype(int)).max() <= 2
     with pytest.raises(ValueError, match="cannot be saved yet"):
         trdq.save(q, "unused")
+    from trdq.attention import share_attention
+
+    with pytest.raises(ValueError, match="separate passes"):
+        with share_attention(q, ["transformer_blocks.0.attn1"]):
+            pass
 
 
 def test_uncond_bits_need_cfg_split():

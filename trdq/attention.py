@@ -34,6 +34,14 @@ def _layout_supported(attn: Attention, hidden_states: torch.Tensor, encoder_hidd
             and hidden_states.shape[0] % 2 == 0 and attn.spatial_norm is None and attn.group_norm is None)
 
 
+def _check_joint_branches(transformer: torch.nn.Module) -> None:
+    from trdq.cfg import CFGSplitTransformer
+
+    if isinstance(transformer, CFGSplitTransformer):
+        raise ValueError("attention sharing and similarity need both CFG branches in one batch; a CFG-split "
+                         "model (cfg_split=True) runs them as separate passes: quantize without cfg_split")
+
+
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
@@ -177,6 +185,7 @@ def measure_similarity(model, prompts: Sequence[str], steps: int | None = None, 
     if guidance <= 1:
         raise ValueError(f"attention similarity needs classifier-free guidance (> 1), got {guidance}")
     transformer = model.pipe.transformer
+    _check_joint_branches(transformer)
     layers = self_attention_layers(transformer)
     if not layers:
         raise ValueError(f"{type(transformer).__name__} has no self-attention layers named '*.attn1'")
@@ -298,6 +307,7 @@ def share_attention(model, plan: SharingPlan | Sequence[str]) -> Iterator[None]:
     from trdq.api import transformer_of
 
     names = plan.layers if isinstance(plan, SharingPlan) else tuple(plan)
+    _check_joint_branches(transformer_of(model))
     available = self_attention_layers(transformer_of(model))
     if unknown := [n for n in names if n not in available]:
         raise ValueError(f"not self-attention layers of this model: {unknown}")
