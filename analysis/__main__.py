@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--json", type=Path, required=True)
     sub.add_parser("readme", help="rewrite the README's tables from assets/results/*.json")
     add_report_arguments(sub.add_parser("report", help="quantize a model and write a one-file HTML report"))
+    sim = sub.add_parser("similarity", help="cond/uncond attention similarity per layer, head and step (JSON)")
+    sim.add_argument("--model", default="shapes-t2i")
+    sim.add_argument("--num-prompts", type=int, default=8)
+    sim.add_argument("--steps", type=int, default=None)
+    sim.add_argument("--guidance", type=float, default=None)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--json", type=Path, required=True)
     timing = sub.add_parser("app-timing", help="time `import app` and the first default comparison")
     timing.add_argument("--threads", type=int, default=None)
     timing.add_argument("--json", type=Path, default=Path("assets/results/app-timing.json"))
@@ -43,6 +50,19 @@ def main(argv: list[str] | None = None) -> int:
                           guidance=args.guidance)
         write_json(records, args.json)
         log.info("%d records -> %s", len(records), args.json)
+    elif args.command == "similarity":
+        from trdq.attention import measure_similarity
+        from trdq.models.loader import load_model
+        from trdq.worlds import world
+
+        model = load_model(args.model)
+        scenes = world(model.settings.world).sample_scenes(args.num_prompts, seed=args.seed + 7919)
+        sim = measure_similarity(model, [s.caption for s in scenes], steps=args.steps, guidance=args.guidance,
+                                 seed=args.seed)
+        write_json({"model": args.model, "layers": sim.layers, "timesteps": sim.timesteps,
+                    "score_flops": sim.score_flops.tolist(), "per_layer": sim.per_layer().tolist(),
+                    "records": sim.records()}, args.json)
+        log.info("%d layers x %d steps -> %s", len(sim.layers), len(sim.timesteps), args.json)
     elif args.command == "app-timing":
         from analysis.app_timing import measure
 

@@ -53,3 +53,4 @@ def test_sharing_table_checks_skip_and_drop_against_the_unshared_model(tmp_path)
     lines = sharing_table(path).splitlines()
     assert "| top2 | 2 | 25% | 0.980 | +0.010 | 40.00 | yes |" in lines[3]
     assert lines[4].endswith("| no |") and "+0.040" in lines[4]
+

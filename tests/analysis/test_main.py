@@ -1,0 +1,15 @@
+"""python -m analysis: the subcommands that write data."""
+
+import json
+
+
+def test_similarity_command_exports_every_layer_step_and_head(tmp_path, monkeypatch, tiny_pixart):
+    import trdq.models.loader as loader
+    from analysis.__main__ import main
+
+    monkeypatch.setattr(loader, "load_model", lambda name: tiny_pixart)
+    out = tmp_path / "sim.json"
+    assert main(["similarity", "--model", "tiny", "--num-prompts", "2", "--steps", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["layers"]) == 2 and len(data["timesteps"]) == 2
+    assert len(data["records"]) == 2 * 2 * 2  # layers x steps x heads
