@@ -41,6 +41,7 @@ BITS = ["w8a8", "w6a6", "w4a8", "w4a4"]
 MAX_GROUPS = 8  # alpha sliders shown; more groups than this are searched or take one alpha
 CALIBRATION = {"shapes-t2i": 8, "shapes-t2v": 4}  # prompts per calibration (video costs 8 frames each)
 ANALYSIS_PROMPTS = 2
+DISPLAY_SCALE = 4  # the embedded models draw 64x64; shown at 256x256
 RESULTS = Path(__file__).resolve().parent / "assets" / "results"
 EXAMPLES = {
     "shapes-t2i": ["a large red circle in the center", "a small blue square on the left",
@@ -166,8 +167,10 @@ def weight_mib(model: trdq.LoadedModel) -> float:
     return weight_bytes(model.pipe.transformer)["total"] / 2**20
 
 
-def media(output: np.ndarray) -> np.ndarray | str:
-    """An image as is; a clip as a looping GIF file (what gr.Image shows animated)."""
+def media(output: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray | str:
+    """An image enlarged ``scale`` times (nearest neighbour, so every pixel stays visible); a clip
+    enlarged alike as a looping GIF file (what gr.Image shows animated)."""
+    output = output.repeat(scale, axis=-3).repeat(scale, axis=-2)
     if output.ndim == 3:
         return output
     from trdq.cli import write_media

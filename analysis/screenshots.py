@@ -103,7 +103,7 @@ def take(out: Path) -> list[Path]:
 
         open_tab(page, "Benchmark")
         page.get_by_role("button", name="Show", exact=True).last.click()
-        page.get_by_text("| backend |").or_(page.locator("table")).first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.get_by_text("step vs fp32").first.wait_for(timeout=RESULT_TIMEOUT_MS)
         page.wait_for_timeout(2000)
         shots.append(out / "benchmark.png")
         page.screenshot(path=shots[-1], full_page=True)

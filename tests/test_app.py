@@ -28,7 +28,7 @@ def _compare(prompt="a large red circle in the center", seed=0, steps=3, guidanc
 
 def test_compare_returns_both_images_with_their_facts():
     fp_image, fp_info, q_image, q_info = _compare()
-    assert fp_image.shape == q_image.shape == (64, 64, 3)
+    assert fp_image.shape == q_image.shape == (256, 256, 3)
     assert "full precision" in fp_info and "transformer weights" in fp_info and "s ·" in fp_info
     assert "simulated" in q_info and "PSNR vs FP" in q_info and "W8A8" in q_info and "peak RSS" in q_info
 
@@ -64,7 +64,7 @@ def test_demo_is_a_blocks_app_with_its_tabs():
 @pytest.mark.parametrize("execution", ["real integer (per-group weights)", "real integer (one shared weight copy)"])
 def test_real_integer_execution_is_labelled(execution):
     _, _, q_image, q_info = _compare(execution=execution, bits="w4a8")
-    assert q_image.shape == (64, 64, 3) and "real integer" in q_info and "W4A8" in q_info
+    assert q_image.shape == (256, 256, 3) and "real integer" in q_info and "W4A8" in q_info
 
 
 def test_unknown_execution_is_a_ui_error():
@@ -87,7 +87,7 @@ def test_attention_sharing_is_reported_with_the_compute_it_skips():
 
 def test_cfg_split_runs_with_coarser_uncond_bits():
     _, _, q_image, q_info = _compare(method="trdq", groups=2, bits="w8a8", cfg_split=True, uncond_bits="w4a4")
-    assert q_image.shape == (64, 64, 3) and "W8A8/UNCOND-W4A4" in q_info
+    assert q_image.shape == (256, 256, 3) and "W8A8/UNCOND-W4A4" in q_info
 
 
 def test_distributions_and_trajectory_draw_their_figures():
@@ -118,7 +118,8 @@ def test_a_clip_becomes_an_animated_gif(tmp_path):
         clip[f, :, 2 * f:2 * f + 8] = 200  # a bar moving right
     path = app.media(clip)
     assert path.endswith(".gif") and Image.open(path).n_frames == 4
-    assert app.media(clip[0]) is not None and app.media(clip[0]).shape == (16, 16, 3)
+    assert app.media(clip[0]).shape == (64, 64, 3)  # enlarged 4x, nearest neighbour
+    assert (app.media(clip[0])[::4, ::4] == clip[0]).all()
 
 
 def test_video_model_compares_clips(monkeypatch, tiny_latte):
@@ -149,7 +150,7 @@ def test_gradio_client_round_trip():
             IMAGE, "a small blue star on the left", 3, 2, 4.5, *_config(), "off", "simulated", *ALPHAS,
             api_name="/compare")
         assert "full precision" in fp_info and "simulated" in q_info
-        assert np.asarray(Image.open(q_image)).shape == (64, 64, 3)
+        assert np.asarray(Image.open(q_image)).shape == (256, 256, 3)
     finally:
         app.demo.close()
 
