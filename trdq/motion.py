@@ -73,12 +73,7 @@ def all_scenes() -> list[MovingScene]:
 
 def sample_scenes(n: int, seed: int = 0) -> list[MovingScene]:
     """``n`` scenes spread evenly over the grammar: whole shuffled passes over all 192 scenes."""
-    rng = np.random.default_rng(seed)
-    scenes = all_scenes()
-    out: list[MovingScene] = []
-    while len(out) < n:
-        out.extend(scenes[i] for i in rng.permutation(len(scenes)))
-    return out[:n]
+    return shapes.spread(all_scenes(), n, seed)
 
 
 def trajectory(scene: MovingScene, rng: np.random.Generator, frames: int = NUM_FRAMES) -> np.ndarray:

@@ -104,11 +104,15 @@ def all_scenes() -> list[Scene]:
 
 def sample_scenes(n: int, seed: int = 0) -> list[Scene]:
     """``n`` scenes spread evenly over the grammar: whole shuffled passes over all 240 scenes."""
+    return spread(all_scenes(), n, seed)
+
+
+def spread(items: list, n: int, seed: int = 0) -> list:
+    """``n`` items in whole shuffled passes over ``items``, so every item appears equally often."""
     rng = np.random.default_rng(seed)
-    scenes = all_scenes()
-    out: list[Scene] = []
+    out: list = []
     while len(out) < n:
-        out.extend(scenes[i] for i in rng.permutation(len(scenes)))
+        out.extend(items[i] for i in rng.permutation(len(items)))
     return out[:n]
 
 
