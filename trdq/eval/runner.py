@@ -85,12 +85,13 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "ssim_vs_fp": float(np.mean(per(ssim(*frames))))}
 
 
-def evaluate(model: LoadedModel, scenes: list[shapes.Scene], configs: Sequence[QuantConfig] = (),
+def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = (),
              include_fp: bool = True, seed: int = 0, steps: int | None = None, guidance: float | None = None,
              calibration_prompts: Sequence[str] = (), batch_size: int = 16,
              sharing: Sequence[ShareRule] = (),
              progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    """Evaluate the FP model and one quantized model per config on ``scenes``.
+    """Evaluate the FP model and one quantized model per config on ``scenes`` (of the model's world:
+    :class:`~trdq.shapes.Scene` for images, :class:`~trdq.motion.MovingScene` for clips).
 
     Output i (an image, or a clip for a video model) uses seed ``seed + i`` for every model, so
     quantized outputs are compared with the FP output of the same seed.
@@ -122,7 +123,7 @@ def evaluate(model: LoadedModel, scenes: list[shapes.Scene], configs: Sequence[Q
         t0 = time.perf_counter()
         cb = None if progress is None else (lambda done, total: progress(label, done, total))
         images = generate(m, prompts, seeds, steps=steps, guidance=guidance, batch_size=batch_size,
-                                 progress=cb)
+                          progress=cb)
         return images, round(time.perf_counter() - t0, 2)
 
     fp_images, fp_seconds = sample("fp", model)
