@@ -86,6 +86,23 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.lerp_(p, 1.0 - decay)
 
 
+def update(loss: torch.Tensor, opt: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.Module,
+           step: int, ema_decay: float) -> None:
+    """One optimizer step on ``loss`` (gradients clipped at norm 1), then the EMA, whose decay
+    warms up as ``(1 + step) / (10 + step)`` until it reaches ``ema_decay``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
+
+
+def save_state(path: Path, model, ema, opt, step: int, seconds: float) -> None:
+    """The resume state: weights, EMA, optimizer, step and training seconds."""
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "step": step, "seconds": seconds}, path)
+
+
 def export(path: Path, tokenizer, text_encoder, transformer, vae, training: dict) -> None:
     """Save the EMA weights as a complete PixArtAlphaPipeline (safetensors)."""
     pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
@@ -147,13 +164,9 @@ def train(args) -> None:
                                         encoder_attention_mask=mask, added_cond_kwargs=NO_CONDITIONS,
                                         return_dict=False)[0]
         loss = F.mse_loss(pred.float(), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         step += 1
+        update(loss, opt, model, ema, step, args.ema)
         seconds, last = seconds + time.time() - last, time.time()
-        ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
         losses.append(loss.item())
         if step % 50 == 0:
             log.info("step %d loss %.4f lr %.2e  %.2f s/step", step, np.mean(losses),
@@ -163,8 +176,7 @@ def train(args) -> None:
             quarter = args.pool_size // 4
             pool.refresh((step // args.refresh_every) % 4 * quarter, quarter, round_=step)
         if step % args.save_every == 0 or step == last_step:
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
-                        "opt": opt.state_dict(), "step": step, "seconds": seconds}, state_path)
+            save_state(state_path, model, ema, opt, step, seconds)
         if step % args.export_every == 0 or step == last_step:
             export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae,
                    {"steps": step, "batch_size": args.batch_size, "train_seconds": round(seconds)})

@@ -33,7 +33,7 @@ from trdq import motion
 from trdq.models.loader import SETTINGS_FILE
 from trdq.sampling import fixed_layout
 from trdq.train import components
-from trdq.train.t2i import ema_update
+from trdq.train.t2i import save_state, update
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +179,9 @@ def train(args) -> None:
             text = fixed_layout(model["text_encoder"], enc.input_ids[labels], enc.attention_mask[labels], ~dropped)
             pred = model["transformer"](zt, encoder_hidden_states=text, timestep=t, return_dict=False)[0]
         loss = F.mse_loss(pred[:, :channels].float(), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         step += 1
+        update(loss, opt, model, ema, step, args.ema)
         seconds, last = seconds + time.time() - last, time.time()
-        ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
         losses.append(loss.item())
         if step % 25 == 0:
             log.info("step %d loss %.4f lr %.2e  %.2f s/step", step, np.mean(losses),
@@ -195,8 +191,7 @@ def train(args) -> None:
             quarter = args.pool_size // 4
             pool.refresh((step // args.refresh_every) % 4 * quarter, quarter, round_=step)
         if step % args.save_every == 0 or step == last_step:
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
-                        "opt": opt.state_dict(), "step": step, "seconds": seconds}, state_path)
+            save_state(state_path, model, ema, opt, step, seconds)
         if step % args.export_every == 0 or step == last_step:
             export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae, args.frames,
                    {"steps": step, "batch_size": args.batch_size, "train_seconds": round(seconds),
