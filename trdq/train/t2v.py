@@ -21,7 +21,9 @@ import copy
 import json
 import logging
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +40,22 @@ from trdq.train.t2i import save_state, update
 log = logging.getLogger(__name__)
 
 
-class ClipPool:
-    """Per-frame posterior means and stds of rendered clips; a batch samples from the posteriors."""
+def render_chunk(seed: int, round_: int, start: int, count: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scene indices and uint8 clips for pool entries [start, start + count), drawn from (seed, round_, start)."""
+    rng = np.random.default_rng([seed, round_, start])
+    scenes = motion.all_scenes()
+    idx = rng.integers(0, len(scenes), count)
+    return idx, np.stack([motion.render_clip(scenes[i], rng, frames) for i in idx])
 
-    def __init__(self, vae: AutoencoderKL, size: int, frames: int, seed: int):
-        self.vae, self.seed, self.frames = vae, seed, frames
+
+class ClipPool:
+    """Per-frame posterior means and stds of rendered clips (kept on the CPU); a batch samples from
+    the posteriors. ``workers`` > 1 renders chunks in that many processes (same clips as one)."""
+
+    def __init__(self, vae: AutoencoderKL, size: int, frames: int, seed: int, workers: int = 1, chunk: int = 32):
+        self.vae, self.seed, self.frames, self.chunk = vae, seed, frames, chunk
+        self.executor = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                         if workers > 1 else None)
         self.labels = torch.zeros(size, dtype=torch.long)
         shape = (size, components.LATENT_CHANNELS, frames, components.LATENT_SIZE, components.LATENT_SIZE)
         self.mean = torch.zeros(shape)
@@ -50,17 +63,17 @@ class ClipPool:
         self.refresh(0, size, round_=0)
 
     @torch.no_grad()
-    def refresh(self, start: int, count: int, round_: int, chunk: int = 32) -> None:
+    def refresh(self, start: int, count: int, round_: int) -> None:
         """Re-render entries [start, start + count) with jitter drawn from (seed, round_)."""
-        rng = np.random.default_rng([self.seed, round_, start])
-        scenes = motion.all_scenes()
-        for lo in range(start, start + count, chunk):
-            hi = min(lo + chunk, start + count)
-            idx = rng.integers(0, len(scenes), hi - lo)
-            clips = np.stack([motion.render_clip(scenes[i], rng, self.frames) for i in idx])
-            frames = components.images_to_tensor(clips.reshape(-1, *clips.shape[2:]))
+        starts = range(start, start + count, self.chunk)
+        jobs = [(self.seed, round_, lo, min(self.chunk, start + count - lo), self.frames) for lo in starts]
+        chunks = self.executor.map(render_chunk, *zip(*jobs)) if self.executor else (render_chunk(*j) for j in jobs)
+        device = next(self.vae.parameters()).device
+        for lo, (idx, clips) in zip(starts, chunks):
+            hi = lo + len(idx)
+            frames = components.images_to_tensor(clips.reshape(-1, *clips.shape[2:])).to(device)
             dist = self.vae.encode(frames).latent_dist
-            to_clips = lambda x: x.reshape(hi - lo, self.frames, *x.shape[1:]).transpose(1, 2)  # noqa: E731
+            to_clips = lambda x: x.reshape(hi - lo, self.frames, *x.shape[1:]).transpose(1, 2).cpu()  # noqa: E731
             self.labels[lo:hi] = torch.as_tensor(idx)
             self.mean[lo:hi], self.std[lo:hi] = to_clips(dist.mean), to_clips(dist.std)
 
@@ -116,8 +129,9 @@ def export(path: Path, tokenizer, text_encoder, transformer, vae, frames: int, t
 def train(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    image = PixArtAlphaPipeline.from_pretrained(args.init_image)
-    vae = image.vae.eval().requires_grad_(False)
+    device = torch.device(args.device)
+    vae = AutoencoderKL.from_pretrained(args.init_image, subfolder="vae").eval().requires_grad_(False)
+    vae_cpu, vae = vae, copy.deepcopy(vae).to(device)
     tokenizer = components.build_tokenizer(motion.VOCABULARY)
     model = torch.nn.ModuleDict({
         "transformer": components.build_latte_transformer(args.frames),
@@ -129,9 +143,9 @@ def train(args) -> None:
                              {"params": temporal, "lr_mult": args.temporal_lr_mult}],
                             lr=args.lr, weight_decay=0.01)
     noise = DDPMScheduler.from_config(components.build_scheduler().config)
-    step, seconds, state_path = 0, 0.0, args.out / "state.pt"
+    step, seconds, state_path, before = 0, 0.0, args.out / "state.pt", "shapes-t2i"
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location="cpu")
         model.load_state_dict(state["model"])
         ema = copy.deepcopy(model).requires_grad_(False)
         ema.load_state_dict(state["ema"])
@@ -147,21 +161,38 @@ def train(args) -> None:
         model["text_encoder"].load_state_dict(init.text_encoder.state_dict())
         ema = copy.deepcopy(model).requires_grad_(False)
         step = args.init_step
+        settings = json.loads((args.init_from / SETTINGS_FILE).read_text()) if (
+            args.init_from / SETTINGS_FILE).exists() else {}
+        before = {"from": str(args.init_from), **settings.get("training", {})}
         log.info("initialised from %s at step %d", args.init_from, step)
     else:
         init_from_image_model(model, args.init_image, tokenizer)
         ema = copy.deepcopy(model).requires_grad_(False)
+    model.to(device), ema.to(device)
+    for moments in opt.state.values():  # a resumed optimizer follows its parameters
+        for key, value in moments.items():
+            if torch.is_tensor(value) and key != "step":
+                moments[key] = value.to(device)
     gen = torch.Generator().manual_seed(args.seed * 1000003 + step)
-    pool = ClipPool(vae, args.pool_size, args.frames, args.seed + step)
+    pool = ClipPool(vae, args.pool_size, args.frames, args.seed + step, workers=args.workers)
     texts = [s.caption for s in motion.all_scenes()] + [""]
     enc = tokenizer(texts, padding="max_length", max_length=components.MAX_TOKENS, truncation=True,
                     return_tensors="pt")
     null = len(texts) - 1
     alphas = noise.alphas_cumprod
+    input_ids, attention_mask = enc.input_ids.to(device), enc.attention_mask.to(device)
     channels = components.LATENT_CHANNELS
     t0, losses, last = time.time(), [], time.time()
     last_step = min(args.steps, args.stop_after or args.steps)
+    first_step, started, timed = step, time.time(), None
     while step < last_step:
+        if args.time_budget and step == first_step + 10:  # after warm-up (kernels, allocator)
+            timed = time.time()
+        if args.time_budget and step == first_step + 60:  # fix the schedule to end inside the budget
+            per_step = (time.time() - timed) / 50
+            args.steps = last_step = step + int((args.time_budget - (time.time() - started)) / per_step)
+            log.info("time budget %.0f s at %.3f s/step: the schedule ends at step %d (pass --steps %d "
+                     "to repeat it)", args.time_budget, per_step, args.steps, args.steps)
         warm = min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
             group["lr"] = group["lr_mult"] * args.lr * warm * (
@@ -174,9 +205,10 @@ def train(args) -> None:
         t = torch.where(high, noise.config.num_train_timesteps // 2 + t // 2, t)
         eps = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            text = fixed_layout(model["text_encoder"], enc.input_ids[labels], enc.attention_mask[labels], ~dropped)
+        zt = (a.sqrt() * z0 + (1 - a).sqrt() * eps).to(device)
+        eps, t, labels, dropped = eps.to(device), t.to(device), labels.to(device), dropped.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            text = fixed_layout(model["text_encoder"], input_ids[labels], attention_mask[labels], ~dropped)
             pred = model["transformer"](zt, encoder_hidden_states=text, timestep=t, return_dict=False)[0]
         loss = F.mse_loss(pred[:, :channels].float(), eps)
         step += 1
@@ -193,9 +225,11 @@ def train(args) -> None:
         if step % args.save_every == 0 or step == last_step:
             save_state(state_path, model, ema, opt, step, seconds)
         if step % args.export_every == 0 or step == last_step:
-            export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae, args.frames,
-                   {"steps": step, "batch_size": args.batch_size, "train_seconds": round(seconds),
-                    "init": "shapes-t2i"})
+            weights = copy.deepcopy(ema).cpu()
+            export(args.export, tokenizer, weights["text_encoder"], weights["transformer"], vae_cpu, args.frames,
+                   {"steps": step, "batch_size": args.batch_size, "lr": args.lr, "train_seconds": round(seconds),
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "init": before})
 
 
 def main() -> None:
@@ -225,6 +259,11 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="without OUT/state.pt: start from this exported video pipeline's (EMA) weights")
     parser.add_argument("--init-step", type=int, default=0, help="step count to continue from with --init-from")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds: after 50 steps, set --steps so that training ends within this time")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that render the clip pool (the clips do not depend on it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
