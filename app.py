@@ -51,7 +51,7 @@ EXAMPLES = {
 }
 EXECUTIONS = {"simulated": None, "real integer (per-group weights)": "per-group",
               "real integer (one shared weight copy)": "shared"}
-SHARING = ["off", "1", "2", "4", "0.9"]
+SHARING = ["off", "1", "2", "4", "0.9", "25%", "50%"]
 
 
 # ---------------------------------------------------------------- models, cached per process
@@ -402,7 +402,7 @@ with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
             with gr.Column():
                 cfg_split = gr.Checkbox(value=False, label="CFG split: quantize the branches apart")
                 uncond_bits = gr.Dropdown(["same"] + BITS, value="same", label="Unconditional branch bits")
-                share = gr.Dropdown(SHARING, value="off", label="Attention-Sharing: layers (N) or cosine threshold")
+                share = gr.Dropdown(SHARING, value="off", label="Attention-Sharing: layers (N), cosine threshold, or share of uncond score compute (P%)")
                 execution = gr.Radio(list(EXECUTIONS), value="simulated", label="Execution")
                 quantize_button = gr.Button("Quantize", variant="primary")
                 quantize_info = gr.Markdown()

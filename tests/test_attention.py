@@ -4,6 +4,8 @@ import torch
 
 from trdq.attention import (
     CFGAttnProcessor,
+    ShareRule,
+    Similarity,
     measure_similarity,
     select_layers,
     self_attention_layers,
@@ -70,6 +72,33 @@ def test_selection_by_threshold_budget_and_names(tiny_pixart):
         select_layers(sim, threshold=0.5, budget=1)
     with pytest.raises(ValueError, match="unknown self-attention"):
         select_layers(sim, layers=["blocks.9.attn1"])
+
+
+def test_selection_by_compute_takes_the_most_similar_layers_until_the_share_is_skipped():
+    # four layers; the most similar one is cheap, so a compute budget reaches past it
+    cosine = np.array([0.7, 0.99, 0.9, 0.8])[:, None, None] * np.ones((4, 2, 1))
+    sim = Similarity(layers=["a", "b", "c", "d"], timesteps=[900, 100], cosine=cosine,
+                     score_flops=np.array([40.0, 10.0, 30.0, 20.0]))
+    assert select_layers(sim, compute=0.1).layers == ("b",)
+    plan = select_layers(sim, compute=0.25)  # b (10%) is not enough: b + c (40%)
+    assert plan.layers == ("b", "c") and plan.skipped == pytest.approx(0.4)
+    assert select_layers(sim, compute=0.0).layers == ()
+    assert select_layers(sim, compute=1.0).skipped == pytest.approx(1.0)
+    assert select_layers(sim, rule=ShareRule.parse("25%")) == plan
+    with pytest.raises(ValueError, match="compute"):
+        select_layers(sim, compute=1.5)
+
+
+@pytest.mark.parametrize("text, rule", [("8", ShareRule(budget=8)), ("0.95", ShareRule(threshold=0.95)),
+                                        ("25%", ShareRule(compute=0.25)), (" 100% ", ShareRule(compute=1.0))])
+def test_share_rule_parses_layers_threshold_and_compute(text, rule):
+    assert ShareRule.parse(text) == rule
+
+
+@pytest.mark.parametrize("text", ["1.5", "120%", "x", "-1", "%"])
+def test_share_rule_refuses_what_it_cannot_read_with_the_forms_it_takes(text):
+    with pytest.raises(ValueError, match="25%"):
+        ShareRule.parse(text)
 
 
 def test_sharing_changes_only_the_uncond_half_of_a_transformer_and_restores_processors(tiny_pixart):

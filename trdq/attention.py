@@ -212,29 +212,36 @@ def measure_similarity(model, prompts: Sequence[str], steps: int | None = None, 
 
 @dataclass(frozen=True)
 class ShareRule:
-    """How to pick the shared layers from a measured :class:`Similarity`: the ``budget`` most
-    similar layers, or every layer with mean cosine >= ``threshold`` (exactly one is set)."""
+    """How to pick the shared layers from a measured :class:`Similarity` (exactly one is set): the
+    ``budget`` most similar layers, every layer with mean cosine >= ``threshold``, or the most
+    similar layers until they hold ``compute`` (a fraction) of the uncond score compute."""
 
     threshold: float | None = None
     budget: int | None = None
+    compute: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> ShareRule:
-        """``"8"`` -> the 8 most similar layers; ``"0.95"`` -> every layer with cosine >= 0.95."""
+        """``"8"`` -> the 8 most similar layers; ``"0.95"`` -> every layer with cosine >= 0.95;
+        ``"25%"`` -> the most similar layers until 25% of the uncond score compute is skipped."""
         text = text.strip()
         if text.isdigit():
             return cls(budget=int(text))
+        percent = text.endswith("%")
         try:
-            value = float(text)
+            value = float(text[:-1] if percent else text) / (100 if percent else 1)
         except ValueError:
             value = -1.0
         if not 0 <= value <= 1:
-            raise ValueError(f"attention sharing takes a number of layers (e.g. 8) or a cosine threshold "
-                             f"in [0, 1] (e.g. 0.95), got {text!r}")
-        return cls(threshold=value)
+            raise ValueError(f"attention sharing takes a number of layers (e.g. 8), a cosine threshold "
+                             f"in [0, 1] (e.g. 0.95) or a share of the uncond score compute (e.g. 25%), "
+                             f"got {text!r}")
+        return cls(compute=value) if percent else cls(threshold=value)
 
     @property
     def label(self) -> str:
+        if self.compute is not None:
+            return f"skip>={self.compute:.0%}"
         return f"top{self.budget}" if self.budget is not None else f"cos>={self.threshold:g}"
 
 
@@ -253,18 +260,32 @@ class SharingPlan:
 
 
 def select_layers(similarity: Similarity, threshold: float | None = None, budget: int | None = None,
-                  layers: Sequence[str] | None = None, rule: ShareRule | None = None) -> SharingPlan:
+                  layers: Sequence[str] | None = None, rule: ShareRule | None = None,
+                  compute: float | None = None) -> SharingPlan:
     """Choose the layers to share: those with mean cosine >= ``threshold``, the ``budget`` most
-    similar ones, or an explicit list (checked against the measured layers). Give exactly one
-    (a ``rule`` gives its threshold or budget)."""
+    similar ones, the most similar ones until they hold at least ``compute`` (a fraction) of the
+    uncond score compute, or an explicit list (checked against the measured layers). Give exactly
+    one (a ``rule`` gives its own)."""
     if rule is not None:
-        threshold, budget = rule.threshold, rule.budget
-    given = [x is not None for x in (threshold, budget, layers)]
+        threshold, budget, compute = rule.threshold, rule.budget, rule.compute
+    given = [x is not None for x in (threshold, budget, layers, compute)]
     if sum(given) != 1:
-        raise ValueError("give exactly one of threshold (a cosine in [0, 1]), budget (a number of layers) "
-                         "or layers (their names)")
+        raise ValueError("give exactly one of threshold (a cosine in [0, 1]), budget (a number of layers), "
+                         "compute (a fraction of the uncond score compute) or layers (their names)")
     score = similarity.per_layer()
-    if threshold is not None:
+    flops = dict(zip(similarity.layers, similarity.score_flops))
+    total = max(similarity.score_flops.sum(), 1.0)
+    if compute is not None:
+        if not 0 <= compute <= 1:
+            raise ValueError(f"compute is a fraction of the uncond score compute in [0, 1], got {compute}")
+        chosen, held = [], 0.0
+        for i in np.argsort(-score, kind="stable"):
+            if held >= compute * total:
+                break
+            chosen.append(similarity.layers[i])
+            held += flops[similarity.layers[i]]
+        chosen = [n for n in similarity.layers if n in set(chosen)]
+    elif threshold is not None:
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold is a cosine similarity in [0, 1], got {threshold}")
         chosen = [n for n, s in zip(similarity.layers, score) if s >= threshold]
@@ -278,8 +299,7 @@ def select_layers(similarity: Similarity, threshold: float | None = None, budget
         if unknown:
             raise ValueError(f"unknown self-attention layer(s) {unknown}; measured: {similarity.layers}")
         chosen = [n for n in similarity.layers if n in set(layers)]
-    flops = dict(zip(similarity.layers, similarity.score_flops))
-    skipped = sum(flops[n] for n in chosen) / max(similarity.score_flops.sum(), 1.0)
+    skipped = sum(flops[n] for n in chosen) / total
     return SharingPlan(tuple(chosen), float(skipped))
 
 

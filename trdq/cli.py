@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "a comma list runs each")
     ev.add_argument("--share-attention", default=None,
                     help="Attention-Sharing between the CFG branches, a comma list of rules: N (the N "
-                         "self-attention layers whose cond/uncond maps are most alike) or a cosine in [0, 1] "
-                         "(every layer at least that alike); each model runs once without and once per rule")
+                         "self-attention layers whose cond/uncond maps are most alike), a cosine in [0, 1] "
+                         "(every layer at least that alike), or P%% (the most alike layers until P%% of the "
+                         "uncond score compute is skipped); each model runs once without and once per rule")
     ev.add_argument("--calib-prompts", type=int, default=16, help="calibration prompts (seeds apart from eval)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--json", type=Path, required=True, help="where to write the records")
@@ -91,9 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--groups", type=int, default=4, help="time groups of the quantized backends")
     be.add_argument("--rotation", default="duquant",
                     help="rotation of the quantized backends: " + ", ".join(ROTATIONS))
-    be.add_argument("--share-attention", type=int, default=0,
-                    help="also time each step with Attention-Sharing in this many self-attention layers "
-                         "(the most alike cond/uncond ones); 0: not measured")
+    be.add_argument("--real-dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                    help="dtype of everything outside the integer layers of the real backends")
+    be.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="real backends: fuse each integer layer's transform, quantization and "
+                         "dequantization with torch.compile (the first steps compile)")
+    be.add_argument("--share-attention", default=None,
+                    help="also time each step with Attention-Sharing in the layers one rule picks: N (the N "
+                         "most alike cond/uncond layers), a cosine in [0, 1], or a share of the uncond score "
+                         "compute such as 25%%; default: not measured")
     be.add_argument("--mem-limit-gib", type=float, default=None,
                     help="address-space cap of each worker beyond its size after imports "
                          "(default 90%% of the memory available when it starts; 0: none)")
@@ -244,7 +251,7 @@ def cmd_bench(args) -> None:
     spec = bench.BenchSpec(model=args.model, resolution=args.resolution, batch=args.batch, warmup=args.warmup,
                            repeats=args.repeats, e2e_repeats=args.e2e_repeats, threads=args.threads,
                            groups=args.groups, rotation=args.rotation, share_attention=args.share_attention,
-                           seed=args.seed, overrides=overrides,
+                           real_dtype=args.real_dtype, compile=args.compile, seed=args.seed, overrides=overrides,
                            mem_limit_gib=args.mem_limit_gib)
     backends = bench.parse_backends(_items(args.backends or ",".join(bench.DEFAULT_BACKENDS)),
                                     _items(args.deployment))

@@ -102,8 +102,13 @@ class BenchSpec:
         e2e_repeats: timed images of a pipeline, after one untimed image.
         threads: torch threads (None: every usable core).
         groups, rotation: time groups and rotation of the quantized backends.
-        share_attention: also time each step with Attention-Sharing in this many self-attention
-            layers (the most alike cond/uncond ones, :mod:`trdq.attention`); 0: not measured.
+        real_dtype: dtype of everything outside the integer layers of real backends ("bfloat16",
+            like the bf16 baseline, or "float32"; :func:`trdq.realize`'s ``dtype``).
+        compile: run real backends' integer layers through ``torch.compile`` (fused transform,
+            quantization and dequantization around the int8 GEMM; :func:`trdq.realize`).
+        share_attention: also time each step with Attention-Sharing in the layers this rule picks
+            (:meth:`trdq.attention.ShareRule.parse`: ``2`` layers, ``"0.9"`` cosine, ``"25%"`` of
+            the uncond score compute); None or 0: not measured.
         overrides: config overrides of a random model's transformer (e.g. ``{"num_layers": 2}``).
         mem_limit_gib: address-space cap of a worker beyond its size after imports (None: 90% of
             the memory available when it starts; 0: none), so that a backend too big for the
@@ -119,15 +124,21 @@ class BenchSpec:
     threads: int | None = None
     groups: int = 4
     rotation: str = "duquant"
-    share_attention: int = 0
+    real_dtype: str = "bfloat16"
+    compile: bool = True
+    share_attention: int | str | None = None
     seed: int = 0
     overrides: dict = field(default_factory=dict)
     mem_limit_gib: float | None = None
 
     def __post_init__(self):
-        if self.share_attention < 0:
-            raise ValueError(f"share_attention is a number of layers, at least 0, got {self.share_attention}")
-        if self.share_attention and self.batch % 2:
+        if self.share_attention in (0, "0", ""):
+            object.__setattr__(self, "share_attention", None)
+        if self.share_attention is not None:
+            from trdq.attention import ShareRule
+
+            ShareRule.parse(str(self.share_attention))  # raises with the forms it takes
+        if self.share_attention is not None and self.batch % 2:
             raise ValueError("Attention-Sharing needs the CFG pair in the batch: use an even --batch")
         for name in ("batch", "warmup", "e2e_repeats", "groups", "repeats", "threads"):
             value = getattr(self, name)
@@ -136,6 +147,8 @@ class BenchSpec:
         if self.resolution is not None and (self.resolution < 16 or self.resolution % 16):
             raise ValueError("resolution must be a positive multiple of 16 pixels (latent = px / 8, "
                              f"patch 2), got {self.resolution}")
+        if self.real_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"real_dtype is bfloat16 or float32, got {self.real_dtype!r}")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {self.rotation!r}; choose one of {', '.join(ROTATIONS)}")
         if self.overrides and not self.bare:
