@@ -21,7 +21,7 @@ TINY = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 32, "ca
 
 def _spec(**kw):
     return bench.BenchSpec(**{"model": "pixart-xl-random", "resolution": 64, "warmup": 1, "repeats": 2,
-                              "threads": 1, "overrides": TINY, **kw})
+                              "threads": 1, "overrides": TINY, "compile": False, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,15 @@ def test_real_backends_report_the_share_of_their_online_transforms(report):
     assert online["share"] == pytest.approx(online["transform_ms"] / online["profiled_step_ms"], abs=1e-3)
 
 
+def test_compiled_real_backends_time_their_transforms_by_leaving_them_out(cache):
+    out = bench.run(_spec(compile=True), bench.parse_backends(["trdq-w8a8-real"]), isolate=False, cache=cache)
+    (real,) = out["results"]
+    assert real["status"] == "ok" and real["compiled"] and real["dtype"] == "bfloat16"
+    online = real["online_transforms"]
+    assert online["measured_by"] == "step without transforms"
+    assert 0 <= online["transform_ms"] < online["profiled_step_ms"] == pytest.approx(real["step_ms"]["median"], abs=0.01)
+
+
 def test_attention_sharing_is_timed_beside_the_plain_step():
     spec = _spec(share_attention=1)
     out = bench.run(spec, bench.parse_backends(["fp32", "trdq-w8a8-real"]), isolate=False)
@@ -202,10 +211,14 @@ def test_attention_sharing_is_timed_beside_the_plain_step():
         assert sharing["attn_score_skipped"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="even --batch"):
         _spec(share_attention=1, batch=3)
+    with pytest.raises(ValueError, match="25%"):
+        _spec(share_attention="most")
+    assert _spec(share_attention=0).share_attention is None
 
 
 def test_a_pipeline_chooses_shared_layers_from_its_prompts():
     spec = bench.BenchSpec(model="shapes-t2i", warmup=1, repeats=1, e2e_repeats=1, threads=1, share_attention=2)
     (r,) = bench.run(spec, bench.parse_backends(["fp32"]), isolate=False)["results"]
     assert r["sharing"]["chosen_by"] == "similarity on prompts" and r["sharing"]["of"] == 8
+    assert r["sharing"]["rule"] == "top2"
     assert "transformer_blocks.0.attn1" in r["sharing"]["layers"]  # text-free first block: maps identical

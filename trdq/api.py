@@ -215,7 +215,8 @@ def track_quantized(transformer: nn.Module, state: GroupState, info: QuantInfo) 
 DEPLOYMENTS = ("per-group", "shared")
 
 
-def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = None) -> Model:
+def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = None, dtype: torch.dtype | None = None,
+            compile: bool = False) -> Model:
     """Real integer execution of a quantized model (METHOD.md section 7).
 
     Every simulated :class:`~trdq.layers.QuantLinear` becomes a real integer layer: int8 GEMMs
@@ -229,6 +230,13 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
             or ``shared`` (option (b): one int8 master of the FP weight, each group's codes rebuilt
             from it when the group changes; needs ``base``).
         base: the full-precision model ``qmodel`` was made from (for ``shared``).
+        dtype: run everything but the integer layers (attention, norms, embedders, the final
+            layer) in this dtype, e.g. ``torch.bfloat16``; the transformer casts its float inputs
+            to it and its output back. None: as ``qmodel`` is. The integer layers keep float32
+            scales and transforms either way and return the dtype they are given.
+        compile: run each integer layer's call (online transform, activation quantization, int8
+            GEMM, dequantization) through ``torch.compile`` as fused loops
+            (:func:`trdq.layers.compiled_int_linear_call`); the first calls of each shape compile.
 
     Returns:
         The same kind of object as ``qmodel``, labelled ``"real integer"``.
@@ -250,15 +258,16 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
     fp = None if base is None else _unwrap(base)[1]
     source = transformer_of(qmodel)
     if isinstance(source, CFGSplitTransformer):  # each branch with its own bits
-        transformer = CFGSplitTransformer(*(_realize_transformer(t, deployment, fp)
+        transformer = CFGSplitTransformer(*(_realize_transformer(t, deployment, fp, dtype, compile)
                                             for t in (source.uncond, source.cond)))
         transformer.trdq_info = dataclasses.replace(info, execution=IntLinear.execution)
     else:
-        transformer = _realize_transformer(source, deployment, fp)
+        transformer = _realize_transformer(source, deployment, fp, dtype, compile)
     return rewrap(qmodel, transformer)
 
 
-def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | None) -> nn.Module:
+def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | None, dtype: torch.dtype | None,
+                         compile: bool) -> nn.Module:
     info = source.trdq_info
     # copy all but the simulated layers' float weights, which the integer layers do not use
     memo = {id(m.weights_fq): None for m in source.modules()
@@ -276,7 +285,44 @@ def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | Non
                      else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits))
             replace_module(transformer, name, layer)
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
+    for m in transformer.modules():
+        if isinstance(m, IntLinear):
+            m.compiled = compile
+    if dtype is not None:
+        _float_parts_to(transformer, dtype)
     return transformer
+
+
+def _float_parts_to(transformer: nn.Module, dtype: torch.dtype) -> None:
+    """Cast every floating parameter and buffer outside the integer layers to ``dtype``, and have
+    the transformer cast its floating inputs (the timestep aside) to it and its output back to the
+    dtype of its ``hidden_states``, so the pipeline around it is unchanged."""
+    for m in transformer.modules():
+        if isinstance(m, IntLinear):
+            continue
+        for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
+
+    def cast(value):
+        return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+
+    given = []  # the dtype of the call's hidden_states, to give the output back in
+
+    def cast_inputs(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        given[:] = [hidden.dtype if torch.is_tensor(hidden) else torch.float32]
+        return tuple(cast(a) for a in args), {k: v if k == "timestep" else cast(v) for k, v in kwargs.items()}
+
+    def cast_output(module, args, kwargs, output):
+        back = given[0]
+        if isinstance(output, tuple):
+            return tuple(o.to(back) if torch.is_tensor(o) else o for o in output)
+        output.sample = output.sample.to(back)
+        return output
+
+    transformer.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+    transformer.register_forward_hook(cast_output, with_kwargs=True)
 
 
 def transformer_of(model: Model) -> nn.Module:

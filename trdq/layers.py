@@ -12,6 +12,8 @@ the numerics are the method's, the speed and memory are not (see the real intege
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +143,36 @@ class OnlineTransform:
         return x if self.rotation is None else self.rotation.apply(x)
 
 
+IDENTITY = OnlineTransform(None, None)
+
+
+def int_linear_call(x: torch.Tensor, transform: OnlineTransform, w_store: torch.Tensor, w_scale: torch.Tensor,
+                    w_rowsum: torch.Tensor, packed: bool, bias: torch.Tensor | None, a_bits: int,
+                    a_symmetric: bool) -> torch.Tensor:
+    """One real integer layer call as a single function: the online transform in float32, per-token
+    int8 activation codes, the weight codes (unpacked when ``packed``), the int8 GEMM and its
+    dequantizing epilogue; (..., C_in) -> (..., C_out) in ``x``'s dtype. This is what
+    :func:`compiled_int_linear_call` fuses."""
+    label = contextlib.nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(
+        ONLINE_TRANSFORM)  # the benchmark sums its time in eager runs
+    with label:
+        xt = transform.apply(x.float())
+    codes, scale, zero = kernels.quantize_per_token_int8(xt, a_bits, a_symmetric)
+    w_codes = kernels.unpack_int4(w_store) if packed else w_store
+    return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, bias, out_dtype=x.dtype, w_rowsum=w_rowsum)
+
+
+@functools.cache
+def compiled_int_linear_call():
+    """:func:`int_linear_call` under ``torch.compile`` (built once per process): the transform,
+    the quantization and the epilogue become fused loops around the int8 GEMM. Every layer and
+    group shares it; shapes are traced as dynamic, so a model compiles one graph per layer
+    structure (a handful), not one per layer."""
+    # one graph per structure (smoothing or not, rotation kinds, packing, bits), all shapes dynamic
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(int_linear_call, dynamic=True)
+
+
 class IntLinear(nn.Module):
     """The real integer twin of :class:`QuantLinear` (METHOD.md section 7, option (a)).
 
@@ -156,6 +188,8 @@ class IntLinear(nn.Module):
     """
 
     execution = "real integer"
+    compiled = False  # realize(compile=True) sets it: calls go through compiled_int_linear_call()
+    online = True  # False only while the benchmark times a step without the online transforms
 
     def __init__(self, w_store: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                  transforms: list[GroupTransform], copy_of_group: list[int], w_bits: int, a_bits: int,
@@ -210,17 +244,16 @@ class IntLinear(nn.Module):
         g = self.state.group
         if g >= len(self.transforms):
             raise RuntimeError(f"time group {g} but this layer was calibrated with {len(self.transforms)} groups")
-        with torch.profiler.record_function(ONLINE_TRANSFORM):  # the benchmark sums its time
-            xt = self.transforms[g].apply(x.float())
-        codes, scale, zero = kernels.quantize_per_token_int8(xt, self.a_bits, self.a_symmetric)
-        w_codes, w_scale, w_rowsum = self._weights(g)
-        return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, self.bias, out_dtype=x.dtype,
-                                   w_rowsum=w_rowsum)
+        transform = self.transforms[g] if self.online else IDENTITY
+        call = compiled_int_linear_call() if self.compiled else int_linear_call
+        bias = None if self.bias is None else self.bias.detach()  # a plain tensor: compile keeps its size dynamic
+        return call(x, transform, *self._stored(g), self.packed, bias, self.a_bits, self.a_symmetric)
 
-    def _weights(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Group ``g``'s int8 weight codes (C_out, C_in), scales (C_out, 1) and code row sums."""
+    def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group ``g``'s stored weight codes (packed when :attr:`packed`), scales (C_out, 1) and
+        code row sums (C_out,)."""
         c = self.copy_of_group[g]
-        return self._codes(c), self.w_scale[c], self.w_rowsum[c]
+        return self.w_store[c], self.w_scale[c], self.w_rowsum[c]
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"
@@ -248,7 +281,7 @@ class SharedIntLinear(IntLinear):
         self.copy_of_group = list(range(len(transforms)))
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.out_features, self.in_features = master.shape
-        self._active: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._active: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.register_buffer("w_store", torch.empty(0, dtype=torch.int8), persistent=False)  # the active copy
 
     @classmethod
@@ -266,7 +299,7 @@ class SharedIntLinear(IntLinear):
     def packed(self) -> bool:
         return self.w_bits <= 4 and self.in_features % 2 == 0
 
-    def _weights(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._active is None or self._active[0] != g:
             t = self.transforms[g]
             w = self.master.float() * self.master_scale  # (C_out, C_in)
@@ -277,9 +310,9 @@ class SharedIntLinear(IntLinear):
             p = quantizer.per_channel_params(w, self.w_bits, symmetric=True)
             codes = quantizer.quantize(w, p).to(torch.int8)
             self.w_store = kernels.pack_int4(codes) if self.packed else codes
-            self._active = (g, p.scale, kernels.weight_rowsum(codes), codes if not self.packed else None)
-        _, scale, rowsum, codes = self._active
-        return (kernels.unpack_int4(self.w_store) if codes is None else codes), scale, rowsum
+            self._active = (g, p.scale, kernels.weight_rowsum(codes))
+        _, scale, rowsum = self._active
+        return self.w_store, scale, rowsum
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"

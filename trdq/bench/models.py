@@ -30,7 +30,8 @@ from trdq.bench.spec import (
 )
 
 # spec fields that change neither the FP weights nor the fit: a fit made with other values is reused
-TIMING_ONLY = ("warmup", "repeats", "e2e_repeats", "threads", "mem_limit_gib")
+TIMING_ONLY = ("warmup", "repeats", "e2e_repeats", "threads", "mem_limit_gib", "real_dtype", "compile",
+               "share_attention")
 
 
 @dataclass
@@ -208,6 +209,7 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
     base = built.model if backend.deployment == "shared" else None
     built.model = built.transformer = None
     if backend.execution == REAL:
-        q = trdq.realize(q, deployment=backend.deployment, base=base)
+        q = trdq.realize(q, deployment=backend.deployment, base=base, dtype=getattr(torch, spec.real_dtype),
+                         compile=spec.compile)
     transformer = q.pipe.transformer if hasattr(q, "pipe") else q
     return dataclasses.replace(built, model=q, transformer=transformer)
