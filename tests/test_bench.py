@@ -193,13 +193,12 @@ def test_real_backends_report_the_share_of_their_online_transforms(report):
     assert online["share"] == pytest.approx(online["transform_ms"] / online["profiled_step_ms"], abs=1e-3)
 
 
-def test_compiled_real_backends_time_their_transforms_by_leaving_them_out(cache):
+def test_compiled_real_backends_run_and_say_so(cache):
     out = bench.run(_spec(compile=True), bench.parse_backends(["trdq-w8a8-real"]), isolate=False, cache=cache)
     (real,) = out["results"]
     assert real["status"] == "ok" and real["compiled"] and real["dtype"] == "bfloat16"
     online = real["online_transforms"]
-    assert online["measured_by"] == "step without transforms"
-    assert 0 <= online["transform_ms"] < online["profiled_step_ms"] == pytest.approx(real["step_ms"]["median"], abs=0.01)
+    assert 0 < online["transform_ms"] < online["profiled_step_ms"]
 
 
 def test_attention_sharing_is_timed_beside_the_plain_step():

@@ -232,11 +232,12 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
         base: the full-precision model ``qmodel`` was made from (for ``shared``).
         dtype: run everything but the integer layers (attention, norms, embedders, the final
             layer) in this dtype, e.g. ``torch.bfloat16``; the transformer casts its float inputs
-            to it and its output back. None: as ``qmodel`` is. The integer layers keep float32
-            scales and transforms either way and return the dtype they are given.
-        compile: run each integer layer's call (online transform, activation quantization, int8
-            GEMM, dequantization) through ``torch.compile`` as fused loops
-            (:func:`trdq.layers.compiled_int_linear_call`); the first calls of each shape compile.
+            to it and its output back. None: as ``qmodel`` is. The integer layers apply their online
+            transforms in it too (float32 when None), keep float32 weight scales and quantize
+            activations in float32, and return the dtype they are given.
+        compile: run each integer layer's activation quantization, int8 GEMM and dequantization
+            through ``torch.compile`` as fused loops (:func:`trdq.layers.compiled_quantized_linear`;
+            the online transform stays eager); a model's first step compiles.
 
     Returns:
         The same kind of object as ``qmodel``, labelled ``"real integer"``.
@@ -281,8 +282,8 @@ def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | Non
         if isinstance(m, QuantLinear):
             m.state = state
             w_bits = info.config.w_bits
-            layer = (IntLinear.from_quant(m, w_bits) if deployment == "per-group"
-                     else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits))
+            layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32) if deployment == "per-group"
+                     else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32))
             replace_module(transformer, name, layer)
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
     for m in transformer.modules():

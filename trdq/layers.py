@@ -12,7 +12,6 @@ the numerics are the method's, the speed and memory are not (see the real intege
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -125,52 +124,50 @@ class QuantLinear(nn.Module):
 
 @dataclass(frozen=True)
 class OnlineTransform:
-    """What a real integer layer keeps of one group's :class:`GroupTransform`: float32 smoothing
-    factors and the rotation's prepared factors (no float64 copies)."""
+    """What a real integer layer keeps of one group's :class:`GroupTransform`: the smoothing
+    factors and the rotation's prepared factors in the dtype it is applied in (float32, or bf16
+    for a bf16 model; no float64 copies)."""
 
     delta: torch.Tensor | None
     rotation: OnlineRotation | None
+    dtype: torch.dtype = torch.float32
 
     @classmethod
-    def of(cls, t: GroupTransform) -> OnlineTransform:
-        return cls(None if t.delta is None else t.delta.float(),
-                   None if t.rotation is None else t.rotation.online(torch.float32))
+    def of(cls, t: GroupTransform, dtype: torch.dtype = torch.float32) -> OnlineTransform:
+        return cls(None if t.delta is None else t.delta.to(dtype),
+                   None if t.rotation is None else t.rotation.online(dtype), dtype)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``X Delta^-1 R`` for float32 x (..., C_in)."""
+        """``X Delta^-1 R`` for x (..., C_in), computed and returned in :attr:`dtype`."""
+        x = x.to(self.dtype)
         if self.delta is not None:
             x = x / self.delta.to(x.device)
         return x if self.rotation is None else self.rotation.apply(x)
 
 
-IDENTITY = OnlineTransform(None, None)
-
-
-def int_linear_call(x: torch.Tensor, transform: OnlineTransform, w_store: torch.Tensor, w_scale: torch.Tensor,
-                    w_rowsum: torch.Tensor, packed: bool, bias: torch.Tensor | None, a_bits: int,
-                    a_symmetric: bool) -> torch.Tensor:
-    """One real integer layer call as a single function: the online transform in float32, per-token
-    int8 activation codes, the weight codes (unpacked when ``packed``), the int8 GEMM and its
-    dequantizing epilogue; (..., C_in) -> (..., C_out) in ``x``'s dtype. This is what
-    :func:`compiled_int_linear_call` fuses."""
-    label = contextlib.nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(
-        ONLINE_TRANSFORM)  # the benchmark sums its time in eager runs
-    with label:
-        xt = transform.apply(x.float())
-    codes, scale, zero = kernels.quantize_per_token_int8(xt, a_bits, a_symmetric)
+def quantized_linear(xt: torch.Tensor, w_store: torch.Tensor, w_scale: torch.Tensor, w_rowsum: torch.Tensor,
+                     packed: bool, bias: torch.Tensor | None, a_bits: int, a_symmetric: bool,
+                     out_dtype: torch.dtype) -> torch.Tensor:
+    """What a real integer layer does after its online transform, as one function: per-token int8
+    codes of the transformed activations ``xt`` (computed in float32), the weight codes (unpacked
+    when ``packed``), the int8 GEMM and its dequantizing epilogue; (..., C_in) -> (..., C_out)
+    in ``out_dtype``. This is what :func:`compiled_quantized_linear` fuses."""
+    codes, scale, zero = kernels.quantize_per_token_int8(xt.float(), a_bits, a_symmetric)
     w_codes = kernels.unpack_int4(w_store) if packed else w_store
-    return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, bias, out_dtype=x.dtype, w_rowsum=w_rowsum)
+    return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, bias, out_dtype=out_dtype, w_rowsum=w_rowsum)
 
 
 @functools.cache
-def compiled_int_linear_call():
-    """:func:`int_linear_call` under ``torch.compile`` (built once per process): the transform,
-    the quantization and the epilogue become fused loops around the int8 GEMM. Every layer and
-    group shares it; shapes are traced as dynamic, so a model compiles one graph per layer
-    structure (a handful), not one per layer."""
-    # one graph per structure (smoothing or not, rotation kinds, packing, bits), all shapes dynamic
+def compiled_quantized_linear():
+    """:func:`quantized_linear` under ``torch.compile`` (built once per process): the activation
+    quantization, the int4 unpacking and the epilogue become a few fused loops around the int8
+    GEMM, where eager PyTorch makes several passes over the activations. Every layer and group
+    shares it; shapes are traced as dynamic, so a model compiles one graph per layer structure
+    (a handful), not one per layer. The online transform stays outside: its batched matmuls run
+    faster in eager than in the dynamic-shape code Inductor generates for them."""
+    # one graph per structure (packing, bias, bits, output dtype), all shapes dynamic
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(int_linear_call, dynamic=True)
+    return torch.compile(quantized_linear, dynamic=True)
 
 
 class IntLinear(nn.Module):
@@ -188,17 +185,18 @@ class IntLinear(nn.Module):
     """
 
     execution = "real integer"
-    compiled = False  # realize(compile=True) sets it: calls go through compiled_int_linear_call()
-    online = True  # False only while the benchmark times a step without the online transforms
+    compiled = False  # realize(compile=True) sets it: calls go through compiled_quantized_linear()
 
     def __init__(self, w_store: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                  transforms: list[GroupTransform], copy_of_group: list[int], w_bits: int, a_bits: int,
-                 a_symmetric: bool, state: GroupState, in_features: int):
+                 a_symmetric: bool, state: GroupState, in_features: int,
+                 transform_dtype: torch.dtype = torch.float32):
         """Args:
             w_store: (copies, C_out, C_in) int8 codes, or (copies, C_out, C_in // 2) uint8 packed
                 int4 codes when ``w_bits <= 4``.
             w_scale: (copies, C_out, 1) float32 per-channel scales.
             copy_of_group: the stored copy each time group uses.
+            transform_dtype: dtype the online transforms are kept and applied in.
         """
         super().__init__()
         self.register_buffer("w_store", w_store)
@@ -206,7 +204,8 @@ class IntLinear(nn.Module):
         rowsums = [kernels.weight_rowsum(self._codes(c)) for c in range(w_store.shape[0])]
         self.register_buffer("w_rowsum", torch.stack(rowsums))  # (copies, C_out) int32
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        self.transforms, self.copy_of_group = [OnlineTransform.of(t) for t in transforms], copy_of_group
+        self.transforms = [OnlineTransform.of(t, transform_dtype) for t in transforms]
+        self.copy_of_group = copy_of_group
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.in_features, self.out_features = in_features, w_scale.shape[1]
 
@@ -218,8 +217,8 @@ class IntLinear(nn.Module):
         return kernels.unpack_int4(self.w_store[copy]) if self.packed else self.w_store[copy]
 
     @classmethod
-    def from_quant(cls, layer: QuantLinear, w_bits: int) -> IntLinear:
-        """Store ``layer``'s weight codes for integer execution.
+    def from_quant(cls, layer: QuantLinear, w_bits: int, transform_dtype: torch.dtype = torch.float32) -> IntLinear:
+        """Store ``layer``'s weight codes for integer execution (transforms in ``transform_dtype``).
 
         Raises:
             ValueError: for grouped weights (``w_group_size``).
@@ -238,16 +237,17 @@ class IntLinear(nn.Module):
         codes = layer.w_codes[copies]  # (copies, C_out, C_in) int8
         store = kernels.pack_int4(codes) if w_bits <= 4 and codes.shape[-1] % 2 == 0 else codes
         return cls(store, layer.w_scale[copies].float(), layer.bias, layer.transforms, copy_of_group, w_bits,
-                   layer.a_bits, layer.a_symmetric, layer.state, layer.in_features)
+                   layer.a_bits, layer.a_symmetric, layer.state, layer.in_features, transform_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C_in) -> (..., C_out)
         g = self.state.group
         if g >= len(self.transforms):
             raise RuntimeError(f"time group {g} but this layer was calibrated with {len(self.transforms)} groups")
-        transform = self.transforms[g] if self.online else IDENTITY
-        call = compiled_int_linear_call() if self.compiled else int_linear_call
+        with torch.profiler.record_function(ONLINE_TRANSFORM):  # the benchmark sums its time
+            xt = self.transforms[g].apply(x)
+        call = compiled_quantized_linear() if self.compiled else quantized_linear
         bias = None if self.bias is None else self.bias.detach()  # a plain tensor: compile keeps its size dynamic
-        return call(x, transform, *self._stored(g), self.packed, bias, self.a_bits, self.a_symmetric)
+        return call(xt, *self._stored(g), self.packed, bias, self.a_bits, self.a_symmetric, x.dtype)
 
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Group ``g``'s stored weight codes (packed when :attr:`packed`), scales (C_out, 1) and
@@ -272,12 +272,13 @@ class SharedIntLinear(IntLinear):
     """
 
     def __init__(self, master: torch.Tensor, master_scale: torch.Tensor, bias: torch.Tensor | None,
-                 transforms: list[GroupTransform], w_bits: int, a_bits: int, a_symmetric: bool, state: GroupState):
+                 transforms: list[GroupTransform], w_bits: int, a_bits: int, a_symmetric: bool, state: GroupState,
+                 transform_dtype: torch.dtype = torch.float32):
         nn.Module.__init__(self)
         self.register_buffer("master", master.to(torch.int8))  # (C_out, C_in)
         self.register_buffer("master_scale", master_scale.float())  # (C_out, 1)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        self.transforms = [OnlineTransform.of(t) for t in transforms]
+        self.transforms = [OnlineTransform.of(t, transform_dtype) for t in transforms]
         self.copy_of_group = list(range(len(transforms)))
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.out_features, self.in_features = master.shape
@@ -285,15 +286,17 @@ class SharedIntLinear(IntLinear):
         self.register_buffer("w_store", torch.empty(0, dtype=torch.int8), persistent=False)  # the active copy
 
     @classmethod
-    def from_weight(cls, layer: QuantLinear, weight: torch.Tensor, w_bits: int) -> SharedIntLinear:
+    def from_weight(cls, layer: QuantLinear, weight: torch.Tensor, w_bits: int,
+                    transform_dtype: torch.dtype = torch.float32) -> SharedIntLinear:
         """Args:
             layer: the simulated layer (for its transforms, bias and activation settings).
             weight: the full-precision weight (C_out, C_in) it was made from.
+            transform_dtype: dtype the transforms are kept and applied in (the weight rebuild too).
         """
         p = quantizer.per_channel_params(weight.detach().double(), 8, symmetric=True)
         master = quantizer.quantize(weight.detach().double(), p)
         return cls(master, p.scale, layer.bias, layer.transforms, w_bits, layer.a_bits, layer.a_symmetric,
-                   layer.state)
+                   layer.state, transform_dtype)
 
     @property
     def packed(self) -> bool:

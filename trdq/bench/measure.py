@@ -123,35 +123,18 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, scale: float = 1.
     return {"median": statistics.median(times), "min": min(times), "all": times}
 
 
-def online_transform_share(transformer: nn.Module, inputs: dict, step: dict, repeats: int) -> dict:
-    """What the real path's online activation transforms cost in one step.
+def online_transform_share(transformer: nn.Module, inputs: dict) -> dict:
+    """One profiled step: the time inside the real path's online activation transforms
+    (profiler label :data:`trdq.layers.ONLINE_TRANSFORM`) against that step's wall time."""
+    from trdq.layers import ONLINE_TRANSFORM
 
-    Eager layers: one profiled step, the time inside the transforms (profiler label
-    :data:`trdq.layers.ONLINE_TRANSFORM`) against that step's wall time. Compiled layers fuse the
-    transform with the quantization, so the profiler cannot see it: the step (``step``, already
-    timed) minus the same step timed with the transforms left out (``repeats`` timed steps after
-    one untimed one, which compiles that variant; its outputs are wrong, only its time counts)."""
-    from trdq.layers import ONLINE_TRANSFORM, IntLinear
-
-    layers = [m for m in transformer.modules() if isinstance(m, IntLinear)]
-    if any(m.compiled for m in layers):
-        try:
-            for m in layers:
-                m.online = False
-            without = timed(lambda: transformer(**inputs), 1, repeats, scale=1e3)
-        finally:
-            for m in layers:
-                m.online = True
-        transform_ms = max(step["median"] - without["median"], 0.0)
-        return {"transform_ms": round(transform_ms, 2), "profiled_step_ms": round(step["median"], 2),
-                "share": round(transform_ms / step["median"], 4), "measured_by": "step without transforms"}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         transformer(**inputs)
         step_ms = (time.perf_counter() - start) * 1e3
     transform_ms = sum(e.cpu_time_total for e in prof.key_averages() if e.key == ONLINE_TRANSFORM) / 1e3
     return {"transform_ms": round(transform_ms, 2), "profiled_step_ms": round(step_ms, 2),
-            "share": round(transform_ms / step_ms, 4), "measured_by": "profiler"}
+            "share": round(transform_ms / step_ms, 4)}
 
 
 def mib(n: int | None) -> float | None:
@@ -222,8 +205,7 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3)
         e2e = None if spec.bare else timed(
             lambda: generate(built.model, [prompt], [spec.seed], batch_size=1), 1, spec.e2e_repeats)
-        online = (online_transform_share(built.transformer, inputs, step, spec.num_repeats)
-                  if execution == "real integer" else None)
+        online = online_transform_share(built.transformer, inputs) if execution == "real integer" else None
         sharing = None if spec.share_attention is None else shared_step(spec, built, inputs)
     latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
     return {
