@@ -176,6 +176,10 @@ def bench_table(path: Path) -> str:
             f"{report['batch']} at t={setup['timestep']:g}; median of {report['repeats']} steps after "
             f"{report['warmup']} warm-up. {m['cpu']}, {m['usable_cores']} cores, threads {m['threads']}, "
             f"torch {m['torch']}, {m['date'][:10]}.")
+    spec = report["spec"]
+    if any(r.get("execution") == "real integer" for r in report["results"]) and "real_dtype" in spec:
+        head += (f" Real integer backends: {spec['real_dtype']} outside the integer layers, "
+                 f"{'compiled' if spec['compile'] else 'eager'} quantization and GEMM.")
     rows = []
     for r in report["results"]:
         if r["status"] != "ok":
@@ -196,8 +200,9 @@ def bench_table(path: Path) -> str:
             else f"{100 * r['online_transforms']['share']:.0f}% of step",
         })
         if sharing := r.get("sharing"):
+            rule = f"{sharing['rule']}: " if "rule" in sharing else ""
             rows[-1]["step with sharing (ms)"] = (
-                f"{sharing['step_ms']['median']:.1f} ({len(sharing['layers'])}/{sharing['of']} layers, "
+                f"{sharing['step_ms']['median']:.1f} ({rule}{len(sharing['layers'])}/{sharing['of']} layers, "
                 f"{sharing['attn_score_skipped']:.0%} of uncond scores skipped)")
     return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-"))
 
@@ -210,6 +215,7 @@ TABLES = {
     "ablation": (RESULTS / "shapes-t2i-ablation.json", ablation_table),
     "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
     "bench-shapes": (RESULTS / "bench-shapes-t2i.json", bench_table),
+    "bench-video": (RESULTS / "bench-shapes-t2v.json", bench_table),
     "video-quality": (RESULTS / "shapes-t2v-fp.json", clip_quality_table),
     "video-quantized": (RESULTS / "shapes-t2v-sharing.json", clip_quality_table),
     "cfg-split": (RESULTS / "shapes-t2i-cfg-split.json", quantized_table),
