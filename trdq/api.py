@@ -301,7 +301,7 @@ def _float_parts_to(transformer: nn.Module, dtype: torch.dtype) -> None:
     for m in transformer.modules():
         if isinstance(m, IntLinear):
             continue
-        for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+        for _, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
             if t.is_floating_point():
                 t.data = t.data.to(dtype)
 

@@ -104,8 +104,8 @@ class BenchSpec:
         groups, rotation: time groups and rotation of the quantized backends.
         real_dtype: dtype of everything outside the integer layers of real backends ("bfloat16",
             like the bf16 baseline, or "float32"; :func:`trdq.realize`'s ``dtype``).
-        compile: run real backends' integer layers through ``torch.compile`` (fused transform,
-            quantization and dequantization around the int8 GEMM; :func:`trdq.realize`).
+        compile: run real backends' activation quantization, int8 GEMM and dequantization through
+            ``torch.compile`` (fused loops; the online transform stays eager; :func:`trdq.realize`).
         share_attention: also time each step with Attention-Sharing in the layers this rule picks
             (:meth:`trdq.attention.ShareRule.parse`: ``2`` layers, ``"0.9"`` cosine, ``"25%"`` of
             the uncond score compute); None or 0: not measured.
