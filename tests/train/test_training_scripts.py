@@ -56,10 +56,25 @@ def test_t2v_starts_from_the_image_model_and_resumes(tmp_path: Path):
         init_image=EMBEDDED["shapes-t2i"], out=tmp_path / "t2v", export=tmp_path / "pipe", frames=4, steps=2,
         stop_after=None, batch_size=2, lr=1e-4, warmup=1, ema=0.9, caption_dropout=0.5, pool_size=4,
         refresh_every=1, bf16=False, seed=0, save_every=1, export_every=2, init_from=None, init_step=0,
-        temporal_lr_mult=3.0, high_noise=0.5)
+        temporal_lr_mult=3.0, high_noise=0.5, device="cpu", workers=1, time_budget=None)
     t2v.train(args)
     args.steps = 3  # resume from state.pt for one more step
     t2v.train(args)
     loaded = load_model(str(tmp_path / "pipe"))
     assert loaded.settings.world == "moving-shapes" and loaded.settings.num_frames == 4
     assert torch.load(tmp_path / "t2v" / "state.pt", weights_only=False)["step"] == 3
+
+
+def test_t2v_clip_pool_is_the_same_rendered_in_worker_processes():
+    from diffusers import AutoencoderKL
+
+    from trdq.models.loader import EMBEDDED
+    from trdq.train import t2v
+
+    vae = AutoencoderKL.from_pretrained(EMBEDDED["shapes-t2i"], subfolder="vae").eval()
+    alone = t2v.ClipPool(vae, size=6, frames=2, seed=3, chunk=4)
+    workers = t2v.ClipPool(vae, size=6, frames=2, seed=3, workers=2, chunk=4)
+    assert torch.equal(alone.labels, workers.labels)
+    assert torch.allclose(alone.mean, workers.mean) and torch.allclose(alone.std, workers.std)
+    other = t2v.ClipPool(vae, size=6, frames=2, seed=4, chunk=4)
+    assert not torch.allclose(alone.mean, other.mean)
