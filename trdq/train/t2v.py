@@ -260,7 +260,8 @@ def main() -> None:
                         help="without OUT/state.pt: start from this exported video pipeline's (EMA) weights")
     parser.add_argument("--init-step", type=int, default=0, help="step count to continue from with --init-from")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds: after 50 steps, set --steps so that training ends within this time")
+                        help="seconds: time steps 10 to 60, then set --steps so that training ends within this "
+                             "time (logged, so that passing it repeats the schedule)")
     parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes that render the clip pool (the clips do not depend on it)")
