@@ -284,7 +284,8 @@ def select_layers(similarity: Similarity, threshold: float | None = None, budget
                 break
             chosen.append(similarity.layers[i])
             held += flops[similarity.layers[i]]
-        chosen = [n for n in similarity.layers if n in set(chosen)]
+        taken = set(chosen)
+        chosen = [n for n in similarity.layers if n in taken]  # in model order
     elif threshold is not None:
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold is a cosine similarity in [0, 1], got {threshold}")

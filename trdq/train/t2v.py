@@ -269,6 +269,14 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
     args = parser.parse_args()
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"--device {args.device!r}: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch build or machine has no CUDA GPU; use --device cpu")
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error(f"--time-budget is a number of seconds above 0, got {args.time_budget}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(args)
 
