@@ -11,7 +11,7 @@ import trdq
 from trdq import bench
 from trdq.api import target_layers
 from trdq.bench import __main__ as worker
-from trdq.cli import main
+from trdq.cli import build_parser, main
 from trdq.models.adapters import adapter_for
 
 # PixArt-XL-2's layout at width 64 (2 heads x 32), two blocks: the real architecture, tiny.
@@ -106,6 +106,75 @@ def test_worker_jobs_fit_then_measure_through_json(tmp_path):
     record = json.loads((tmp_path / "out.json").read_text())
     assert record["execution"] == "real integer" and record["fit_seconds"] == fitted["fit_seconds"]
     assert record["mem_limit_mib"] is None
+
+
+def test_fp16_is_a_full_precision_backend_and_a_real_dtype_on_cpu_too(cache):
+    assert bench.parse_backends(["fp16"]) == [bench.Backend("fp16", "float16")]
+    spec = _spec(real_dtype="float16")
+    backends = bench.parse_backends(["fp32", "fp16", "trdq-w8a8-real"])
+    out = bench.run(spec, backends, isolate=False, cache=cache)
+    fp32, fp16, real = out["results"]
+    assert [r["status"] for r in out["results"]] == ["ok"] * 3 and fp16["execution"] == "full precision"
+    assert fp16["dtype"] == "float16" and set(fp16["weight_bytes"]) == {"float16", "total"}
+    assert fp16["vs_fp32"]["weight_bytes"] == 0.5 and fp32["vs_fp16"]["weight_bytes"] == 2.0
+    assert real["dtype"] == "float16"
+    assert real["vs_fp16"]["step"] == real["step_ms"]["median"] / fp16["step_ms"]["median"]
+    assert fp32["vs_bf16"] is None  # no bf16 baseline in this run
+
+
+def test_the_device_is_part_of_the_spec_and_the_report(report, monkeypatch):
+    spec = _spec()
+    assert dataclasses.asdict(spec)["device"] == "cpu" and spec.real_dtype == "bfloat16"
+    assert bench.BenchSpec(**dataclasses.asdict(spec)) == spec  # what the workers receive
+    assert report["device"] == report["spec"]["device"] == report["machine"]["device"] == "cpu"
+    assert "gpu" not in report["machine"]
+    for r in report["results"]:
+        assert r["device"] == "cpu" and r["cuda_model_mib"] is r["peak_cuda_mib"] is None
+        assert r["vs_fp16"] is None and r["vs_fp32"]["peak_cuda"] is None
+    assert report["results"][3]["online_transforms"]["basis"].startswith("cpu time")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the spec is built, nothing runs
+    cuda = _spec(device="cuda")
+    assert dataclasses.asdict(cuda)["device"] == "cuda" and cuda.real_dtype == "float16"
+    assert bench.BenchSpec(**dataclasses.asdict(cuda)) == cuda
+    assert bench.fit_key(cuda, "w8a8") == bench.fit_key(spec, "w8a8")  # fits are made on the CPU
+    with pytest.raises(ValueError, match="leave it out with --device cuda"):
+        _spec(device="cuda", mem_limit_gib=4)
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        _spec(device="tpu")
+    with pytest.raises(ValueError, match="real_dtype is one of bfloat16, float16, float32"):
+        _spec(real_dtype="float64")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\) is False.*or use --device cpu"):
+        _spec(device="cuda")
+
+
+@pytest.mark.skipif(bool(build_parser().parse_known_args(["bench", "--device", "cuda", "--json", "x"])[1]),
+                    reason="trdq/cli.py's bench has no --device option yet")
+def test_cli_device_cuda_without_a_gpu_says_so_and_writes_nothing(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cuda", "--backends", "fp16", "--json", str(out)]) == 2
+    assert "torch.cuda.is_available() is False" in caplog.text and "Traceback" not in caplog.text
+    assert not out.exists()
+
+
+def test_a_cuda_worker_sets_no_address_space_cap(tmp_path, monkeypatch):
+    """The fit job runs on the CPU whatever the device, so it runs here; the cap must stay off."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    spec = {**dataclasses.asdict(_spec(repeats=1, device="cuda")), "mem_limit_gib": None}
+    job = {"job": "fit", "spec": spec, "bits": "w8a8", "folder": str(tmp_path / "fit")}
+    assert worker.main(json.dumps(job), str(tmp_path / "fit.json")) == 0
+    assert json.loads((tmp_path / "fit.json").read_text())["mem_limit_mib"] is None
+
+
+def test_timed_synchronizes_around_every_timed_call():
+    calls = []
+    out = bench.timed(lambda: calls.append("fn"), 1, 2, sync=lambda: calls.append("sync"))
+    assert calls == ["fn", "sync", "fn", "sync", "sync", "fn", "sync"] and len(out["all"]) == 2
+    bench.synchronizer("cpu")()  # a no-op without a device
 
 
 def test_weight_bytes_count_each_storage_once():

@@ -1,21 +1,25 @@
 """Latency and memory of one model under several backends: ``python -m trdq bench``.
 
-Backends are ``fp32``, ``bf16`` (full precision), ``trdq-wXaY-sim`` (simulated: fake quantization
-in floating point) and ``trdq-wXaY-real`` (real integer, via :func:`trdq.realize`). Each
+Backends are ``fp32``, ``bf16``, ``fp16`` (full precision), ``trdq-wXaY-sim`` (simulated: fake
+quantization in floating point) and ``trdq-wXaY-real`` (real integer, via :func:`trdq.realize`). Each
 quantized configuration is fitted once per run (calibrated, quantized, :func:`trdq.save`\\ d) in
 a preparation worker; then each backend is built and measured in a fresh worker process
 (``python -m trdq.bench``), a quantized one by :func:`trdq.load`\\ ing its fit onto the same
 full-precision weights, so its memory is its own; every result carries the execution label its
-model reports. Per backend:
+model reports. The timed model and its inputs live on ``BenchSpec.device`` (``cpu`` or ``cuda``;
+building and fitting always run on the CPU, then the model is moved). Per backend:
 
 - ``step_ms``: one transformer forward without gradients on a CFG batch (conditional +
-  unconditional) at the model's latent size and a mid timestep, after warm-up: median, min, all.
+  unconditional) at the model's latent size and a mid timestep, after warm-up: median, min, all;
+  on cuda the device is synchronized before the clock starts and before it stops.
 - ``e2e_s_per_image``: one image through the whole pipeline (text encoder, every step with CFG,
   VAE); None for a bare random transformer, which has neither text encoder nor VAE.
 - ``weight_bytes``: every tensor the transformer holds (:data:`WEIGHT_RULE`).
-- resident memory of the worker (:data:`MEMORY_RULE`).
+- resident memory of the worker, and on cuda the CUDA allocator's (:data:`MEMORY_RULE`).
+- ``online_transforms`` (real backends): the share of a step spent in the online activation
+  transforms, CPU time on cpu, kernel time on cuda (its ``basis`` says which).
 - ``fit_seconds``: the wall time of its configuration's fit (None in full precision).
-- ``vs_fp32``, ``vs_bf16``: the value divided by that baseline's value from the same run.
+- ``vs_fp32``, ``vs_bf16``, ``vs_fp16``: the value divided by that baseline's value from the same run.
 
 Nothing here asserts a speed-up: the benchmark reports, with the machine it ran on.
 
@@ -24,13 +28,15 @@ fitting), :mod:`~trdq.bench.measure`, :mod:`~trdq.bench.runner` (workers, the fi
 :mod:`~trdq.bench.report`; ``__main__`` is the worker.
 """
 
-from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, measure, timed, weight_bytes
+from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, measure, synchronizer, timed, weight_bytes
 from trdq.bench.models import Built, Fitted, build, fit, fit_key, step_inputs
 from trdq.bench.report import RATIO_RULE, machine, save_report, summary
 from trdq.bench.runner import FitError, prepare, run
 from trdq.bench.spec import (
     DEFAULT_BACKENDS,
+    DEVICES,
     FULL_PRECISION,
+    FULL_PRECISION_DTYPES,
     RANDOM_MODELS,
     REAL,
     SIMULATED,
@@ -40,8 +46,8 @@ from trdq.bench.spec import (
 )
 
 __all__ = [
-    "DEFAULT_BACKENDS", "FULL_PRECISION", "MEMORY_RULE", "RANDOM_MODELS", "RATIO_RULE", "REAL", "SIMULATED",
-    "WEIGHT_RULE", "Backend", "BenchSpec", "Built", "FitError", "Fitted", "build", "fit", "fit_key",
-    "machine", "measure", "parse_backends", "prepare", "run", "save_report", "step_inputs", "summary",
-    "timed", "weight_bytes",
+    "DEFAULT_BACKENDS", "DEVICES", "FULL_PRECISION", "FULL_PRECISION_DTYPES", "MEMORY_RULE", "RANDOM_MODELS",
+    "RATIO_RULE", "REAL", "SIMULATED", "WEIGHT_RULE", "Backend", "BenchSpec", "Built", "FitError", "Fitted",
+    "build", "fit", "fit_key", "machine", "measure", "parse_backends", "prepare", "run", "save_report",
+    "step_inputs", "summary", "synchronizer", "timed", "weight_bytes",
 ]

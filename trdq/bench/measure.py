@@ -1,4 +1,5 @@
-"""Measuring one backend in this process: step and end-to-end latency, weight bytes, resident memory."""
+"""Measuring one backend in this process: step and end-to-end latency, weight bytes, resident memory
+(and on a CUDA device, the allocator's memory)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ MEMORY_RULE = ("resident set size of the backend's own worker process, from /pro
                "peak_rss = VmHWM over warm-up and timing (the high-water mark, reset once the model is "
                "built); peak_rss_build = VmHWM while building (FP model, loading the fitted quantized "
                "model, conversion; calibration ran in the preparation worker, see `fitting`); "
-               "mem_limit = the worker's address-space cap beyond its size after imports")
+               "mem_limit = the worker's address-space cap beyond its size after imports (none on cuda: "
+               "CUDA reserves far more virtual memory than it uses). On cuda also torch's CUDA allocator, "
+               "on the current device: cuda_model = memory_allocated once built (RSS baseline taken after "
+               "the CUDA context was created); peak_cuda = max_memory_allocated over warm-up and timing "
+               "(reset with the RSS mark); peak_cuda_build = max_memory_allocated while building (the model "
+               "is built on the CPU and moved); reserved-but-unallocated cache is not counted")
 
 
 def _tensors(value, depth: int = 0):
@@ -111,30 +117,67 @@ def limit_memory(gib: float | None) -> int | None:
     return budget
 
 
-def timed(fn: Callable[[], object], warmup: int, repeats: int, scale: float = 1.0) -> dict:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; times x ``scale``."""
+def synchronizer(device: str) -> Callable[[], None]:
+    """What waits for ``device`` to finish its queued work: ``torch.cuda.synchronize`` on cuda
+    (kernels run asynchronously; without it a clock times the launches), nothing on cpu."""
+    return torch.cuda.synchronize if device == "cuda" else lambda: None
+
+
+def timed(fn: Callable[[], object], warmup: int, repeats: int, scale: float = 1.0,
+          sync: Callable[[], None] | None = None) -> dict:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; times x ``scale``.
+
+    ``sync`` (:func:`synchronizer`) runs before the clock starts and before it stops, so that each
+    time is one call's work on the device and none of the previous call's.
+    """
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - start) * scale)
     return {"median": statistics.median(times), "min": min(times), "all": times}
 
 
-def online_transform_share(transformer: nn.Module, inputs: dict) -> dict:
+def online_transform_share(transformer: nn.Module, inputs: dict, device: str = "cpu") -> dict:
     """One profiled step: the time inside the real path's online activation transforms
-    (profiler label :data:`trdq.layers.ONLINE_TRANSFORM`) against that step's wall time."""
+    (profiler label :data:`trdq.layers.ONLINE_TRANSFORM`) against that step's wall time.
+
+    On cpu the time under the label is CPU time. On cuda it is the device time of the kernels
+    launched under it (the CPU time there would be launch overhead only), against the step's wall
+    time with the device synchronized at both ends; ``device_busy_ms`` is the device time of all
+    the step's kernels. ``basis`` says which.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+
     from trdq.layers import ONLINE_TRANSFORM
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    cuda, sync = device == "cuda", synchronizer(device)
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with torch.profiler.profile(activities=activities) as prof:
+        sync()
         start = time.perf_counter()
         transformer(**inputs)
+        sync()
         step_ms = (time.perf_counter() - start) * 1e3
-    transform_ms = sum(e.cpu_time_total for e in prof.key_averages() if e.key == ONLINE_TRANSFORM) / 1e3
-    return {"transform_ms": round(transform_ms, 2), "profiled_step_ms": round(step_ms, 2),
-            "share": round(transform_ms / step_ms, 4)}
+    if not cuda:
+        transform_ms = sum(e.cpu_time_total for e in prof.key_averages() if e.key == ONLINE_TRANSFORM) / 1e3
+        return {"basis": "cpu time under the label / wall time of the step",
+                "transform_ms": round(transform_ms, 2), "profiled_step_ms": round(step_ms, 2),
+                "share": round(transform_ms / step_ms, 4)}
+    # host-side events: each one's device_time_total sums the kernels launched inside it
+    host = [e for e in prof.events() if e.device_type == DeviceType.CPU]
+    transform_ms = sum(e.device_time_total for e in host if e.name == ONLINE_TRANSFORM) / 1e3
+    busy_ms = sum(k.duration for e in host for k in e.kernels) / 1e3
+    return {"basis": "cuda kernel time under the label / synchronized wall time of the step",
+            "transform_ms": round(transform_ms, 3), "profiled_step_ms": round(step_ms, 2),
+            "share": round(transform_ms / step_ms, 4), "device_busy_ms": round(busy_ms, 3),
+            "share_of_device_busy": round(transform_ms / busy_ms, 4) if busy_ms else None}
 
 
 def mib(n: int | None) -> float | None:
@@ -165,15 +208,57 @@ def shared_step(spec: BenchSpec, built, inputs: dict) -> dict:
         rule = ShareRule(budget=min(rule.budget, len(similarity.layers)))
     plan = select_layers(similarity, rule=rule)
     with share_attention(built.transformer, plan):
-        step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3)
+        step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3,
+                     sync=synchronizer(spec.device))
     return {"rule": rule.label, "layers": list(plan.layers), "of": len(similarity.layers),
             "attn_score_skipped": plan.skipped,
             "chosen_by": chosen_by, "step_ms": step}
 
 
+class CudaMemory:
+    """torch's CUDA allocator figures of this process on the current device, or None on cpu
+    (see :data:`MEMORY_RULE`)."""
+
+    def __init__(self, device: str):
+        self.on = device == "cuda"
+        if self.on:
+            torch.ones(1, device=device)  # the context: part of the baseline, not of the model
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def allocated(self) -> int | None:
+        return torch.cuda.memory_allocated() if self.on else None
+
+    def peak(self, reset: bool = False) -> int | None:
+        """The high-water mark since the last reset; then reset it if ``reset``."""
+        if not self.on:
+            return None
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        if reset:
+            torch.cuda.reset_peak_memory_stats()
+        return peak
+
+
+def _timings(spec: BenchSpec, built, inputs: dict, execution: str) -> dict:
+    """Step (and image) latency, the online transforms' share and the shared step of ``built``."""
+    from trdq.sampling import generate
+
+    prompt = "a small red circle on the left"  # in the shapes grammar; any pipeline takes it
+    sync = synchronizer(spec.device)
+    with torch.inference_mode():
+        step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3, sync=sync)
+        e2e = None if spec.bare else timed(lambda: generate(built.model, [prompt], [spec.seed], batch_size=1),
+                                           1, spec.e2e_repeats, sync=sync)
+        real = execution == "real integer"
+        online = online_transform_share(built.transformer, inputs, spec.device) if real else None
+        sharing = None if spec.share_attention is None else shared_step(spec, built, inputs)
+    return {"step_ms": step, "e2e_s_per_image": e2e, "online_transforms": online, "sharing": sharing}
+
+
 def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> dict:
-    """Build ``backend``'s model in this process (a quantized one from ``fitted``) and measure it
-    (see :mod:`trdq.bench`).
+    """Build ``backend``'s model in this process (a quantized one from ``fitted``), move it to
+    ``spec.device`` and measure it (see :mod:`trdq.bench`).
 
     Returns:
         The backend's result record, with ``setup`` (latent, tokens, timestep) for the report.
@@ -182,12 +267,13 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         ValueError: if the model's execution label is not the backend's.
     """
     from trdq.api import quant_info
-    from trdq.sampling import generate
 
     torch.set_num_threads(spec.num_threads)
+    gpu = CudaMemory(spec.device)
     _trim()
     baseline, start = proc_bytes("/proc/self/status", "VmRSS"), time.perf_counter()
     built = build(spec, backend, fitted)
+    synchronizer(spec.device)()
     build_s = time.perf_counter() - start
     info = quant_info(built.model)
     execution = FULL_PRECISION if info is None else info.execution
@@ -195,30 +281,27 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         raise ValueError(f"{backend.name} should run {backend.execution!r}, its model reports {execution!r}")
     _trim()
     peak_build, rss_model = proc_bytes("/proc/self/status", "VmHWM"), proc_bytes("/proc/self/status", "VmRSS")
+    cuda_model, peak_cuda_build = gpu.allocated(), gpu.peak(reset=True)
     reset = reset_peak()
     timestep = built.timesteps[len(built.timesteps) // 2]
-    inputs = step_inputs(built.transformer, built.latent, built.text_tokens, spec.batch, timestep, spec.seed)
-    log.info("%s (%s): built in %.1f s; %d warm-up + %d timed steps", backend.name, execution, build_s,
-             spec.warmup, spec.num_repeats)
-    prompt = "a small red circle on the left"  # in the shapes grammar; any pipeline takes it
-    with torch.inference_mode():
-        step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3)
-        e2e = None if spec.bare else timed(
-            lambda: generate(built.model, [prompt], [spec.seed], batch_size=1), 1, spec.e2e_repeats)
-        online = online_transform_share(built.transformer, inputs) if execution == "real integer" else None
-        sharing = None if spec.share_attention is None else shared_step(spec, built, inputs)
+    inputs = step_inputs(built.transformer, built.latent, built.text_tokens, spec.batch, timestep, spec.seed,
+                         spec.device)
+    log.info("%s (%s) on %s: built in %.1f s; %d warm-up + %d timed steps", backend.name, execution,
+             spec.device, build_s, spec.warmup, spec.num_repeats)
+    timings = _timings(spec, built, inputs, execution)
     latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
     return {
-        "backend": backend.name, "execution": execution, "bits": backend.bits,
+        "backend": backend.name, "execution": execution, "bits": backend.bits, "device": spec.device,
         "dtype": spec.real_dtype if execution == "real integer" else backend.dtype,
         "compiled": spec.compile if execution == "real integer" else False,
-        "deployment": backend.deployment, "status": "ok", "step_ms": step, "e2e_s_per_image": e2e,
-        "online_transforms": online, "sharing": sharing,
+        "deployment": backend.deployment, "status": "ok", **timings,
         "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),
         "fit_seconds": None if fitted is None else fitted.fit_seconds,
         "rss_baseline_mib": mib(baseline), "rss_model_mib": mib(rss_model),
         "peak_rss_mib": mib(proc_bytes("/proc/self/status", "VmHWM")) if reset else None,
         "peak_rss_build_mib": mib(peak_build),
+        "cuda_model_mib": mib(cuda_model), "peak_cuda_mib": mib(gpu.peak()),
+        "peak_cuda_build_mib": mib(peak_cuda_build),
         "setup": {"transformer": type(built.transformer).__name__, "resolution_px": built.resolution,
                   "latent": list(latent.shape), "text_tokens": built.text_tokens, "timestep": timestep,
                   "image_tokens": latent[0, 0].numel() // built.transformer.config.patch_size ** 2,

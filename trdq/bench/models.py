@@ -1,6 +1,7 @@
 """Building a backend's model: the full-precision one from a seed, a quantized one fitted once
 (:func:`fit`: calibrate, quantize, :func:`trdq.save`) and loaded by every backend that uses it
-(:func:`build`: :func:`trdq.load`, then :func:`trdq.realize` for the real integer path)."""
+(:func:`build`: :func:`trdq.load`, then :func:`trdq.realize` for the real integer path). All of
+it runs on the CPU; :func:`build` then moves the model to the spec's device."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from trdq.bench.spec import (
 )
 
 # spec fields that change neither the FP weights nor the fit: a fit made with other values is reused
-TIMING_ONLY = ("warmup", "repeats", "e2e_repeats", "threads", "mem_limit_gib", "real_dtype", "compile",
-               "share_attention")
+# (fits are made on the CPU whatever the device)
+TIMING_ONLY = ("warmup", "repeats", "e2e_repeats", "threads", "device", "mem_limit_gib", "real_dtype",
+               "compile", "share_attention")
 
 
 @dataclass
@@ -112,9 +114,10 @@ def full_precision(spec: BenchSpec, dtype: torch.dtype = torch.float32) -> Built
 
 
 def step_inputs(transformer: nn.Module, latent: int, text_tokens: int, batch: int, timestep: float,
-                seed: int) -> dict:
+                seed: int, device: str | torch.device = "cpu") -> dict:
     """Random forward kwargs: a ``latent`` x ``latent`` latent (frames kept), ``text_tokens`` text
-    tokens, float tensors in the transformer's dtype."""
+    tokens, float tensors in the transformer's dtype, all on ``device`` (drawn on the CPU, so
+    every device gets the same values)."""
     from trdq.models.adapters import adapter_for
 
     gen = torch.Generator().manual_seed(seed)
@@ -124,8 +127,8 @@ def step_inputs(transformer: nn.Module, latent: int, text_tokens: int, batch: in
         dim = inputs["encoder_hidden_states"].shape[-1]
         inputs["encoder_hidden_states"] = torch.randn(batch, text_tokens, dim, generator=gen)
     dtype = getattr(transformer, "dtype", torch.float32)
-    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and k != "timestep" else v
-            for k, v in inputs.items()}
+    return {k: v.to(device, dtype) if torch.is_tensor(v) and v.is_floating_point() and k != "timestep"
+            else v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
 
 def _calibration(spec: BenchSpec, built: Built) -> tuple[list, dict]:
@@ -188,18 +191,25 @@ def fit(spec: BenchSpec, bits: str, folder: str | Path) -> Fitted:
     return Fitted(str(folder), bits, fingerprint(built.transformer), seconds)
 
 
+def _to_device(built: Built, device: str) -> Built:
+    """``built`` moved to ``device`` in place: a pipeline whole (text encoder, transformer, VAE)."""
+    if device != "cpu":
+        (built.model.pipe if hasattr(built.model, "pipe") else built.transformer).to(device)
+    return built
+
+
 def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Built:
-    """The model of ``backend``: full precision, or ``fitted`` loaded onto the same FP weights
-    (simulated) and realized (real integer).
+    """The model of ``backend`` on ``spec.device``: full precision, or ``fitted`` loaded onto the
+    same FP weights (simulated) and realized (real integer), on the CPU, then moved.
 
     Raises:
         ValueError: for a quantized backend without a fit, or a fit of other weights or bits.
     """
     import trdq
 
-    built = full_precision(spec, torch.bfloat16 if backend.dtype == "bfloat16" else torch.float32)
+    built = full_precision(spec, getattr(torch, backend.dtype))
     if backend.execution == FULL_PRECISION:
-        return built
+        return _to_device(built, spec.device)
     if fitted is None or fitted.bits != backend.bits:
         raise ValueError(f"{backend.name} loads a {backend.bits} fit: pass "
                          f"fitted=fit(spec, {backend.bits!r}, folder)")
@@ -212,4 +222,4 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
         q = trdq.realize(q, deployment=backend.deployment, base=base, dtype=getattr(torch, spec.real_dtype),
                          compile=spec.compile)
     transformer = q.pipe.transformer if hasattr(q, "pipe") else q
-    return dataclasses.replace(built, model=q, transformer=transformer)
+    return _to_device(dataclasses.replace(built, model=q, transformer=transformer), spec.device)

@@ -14,8 +14,9 @@ import torch
 from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, proc_bytes
 from trdq.bench.spec import BENCH_ALPHA, MIB, BenchSpec
 
-RATIO_RULE = ("vs_fp32 / vs_bf16: this backend's value divided by the baseline's from the same run "
-              "(below 1: smaller or faster)")
+BASELINES = ("fp32", "bf16", "fp16")
+RATIO_RULE = ("vs_fp32 / vs_bf16 / vs_fp16: this backend's value divided by that baseline's from the same "
+              "run (below 1: smaller or faster); null when the run has no such baseline")
 FITTING_NOTE = ("each quantized configuration (bits; groups, alpha and rotation as in `quantization`) is "
                 "calibrated and quantized (simulated) once per run, in one preparation worker, and saved "
                 "with trdq.save; the timing worker of every backend with those bits builds the same "
@@ -26,8 +27,9 @@ FITTING_NOTE = ("each quantized configuration (bits; groups, alpha and rotation 
                 "build_s has no calibration in it")
 
 
-def machine(threads: int) -> dict:
-    """CPU model, cores, memory, library versions, threads and date of this run."""
+def machine(threads: int, device: str = "cpu") -> dict:
+    """CPU model, cores, memory, library versions, threads and date of this run; on cuda also
+    the GPU (name, memory, compute capability) and the CUDA version torch was built with."""
     import diffusers
 
     try:
@@ -40,7 +42,16 @@ def machine(threads: int) -> dict:
             "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "memory_gib": None if total is None else round(total / 2**30, 1), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "platform": platform.platform(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device, **(_gpu() if device == "cuda" else {})}
+
+
+def _gpu() -> dict:
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "gpu_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "gpu_count": torch.cuda.device_count(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}  # "highest": no TF32
 
 
 def _ratios(result: dict, base: dict | None) -> dict | None:
@@ -54,7 +65,8 @@ def _ratios(result: dict, base: dict | None) -> dict | None:
     return {"step": ratio(lambda r: r["step_ms"]["median"]),
             "e2e": ratio(lambda r: r["e2e_s_per_image"] and r["e2e_s_per_image"]["median"]),
             "weight_bytes": ratio(lambda r: r["weight_bytes"]["total"]),
-            "peak_rss": ratio(lambda r: r["peak_rss_mib"])}
+            "peak_rss": ratio(lambda r: r["peak_rss_mib"]),
+            "peak_cuda": ratio(lambda r: r.get("peak_cuda_mib"))}
 
 
 def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: dict) -> dict:
@@ -63,7 +75,7 @@ def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: di
     setups = [r.pop("setup") for r in results if "setup" in r]
     by_name = {r["backend"]: r for r in results}
     for r in results:
-        r["vs_fp32"], r["vs_bf16"] = _ratios(r, by_name.get("fp32")), _ratios(r, by_name.get("bf16"))
+        r.update({f"vs_{base}": _ratios(r, by_name.get(base)) for base in BASELINES})
     setup = setups[0] if setups else None
     return {
         "benchmark": "python -m trdq bench", "model": spec.model,
@@ -74,13 +86,13 @@ def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: di
         "e2e": ("null: a bare transformer has no text encoder or VAE" if spec.bare else
                 f"one image per call, {spec.e2e_repeats} timed after 1 untimed, the model's default steps "
                 "and guidance"),
-        "threads": spec.num_threads, "isolated": isolate, "spec": asdict(spec),
+        "threads": spec.num_threads, "device": spec.device, "isolated": isolate, "spec": asdict(spec),
         "quantization": {"method": "trdq", "groups": spec.groups, "alpha": BENCH_ALPHA,
                          "rotation": spec.rotation, "select_transforms": False},
         "calibration": spec.calibration_note(),
         "fitting": {"note": FITTING_NOTE, **fitting},
         "rules": {"weight_bytes": WEIGHT_RULE, "memory": MEMORY_RULE, "ratios": RATIO_RULE},
-        "machine": machine(spec.num_threads), "results": results,
+        "machine": machine(spec.num_threads, spec.device), "results": results,
     }
 
 
@@ -92,7 +104,8 @@ def summary(result: dict) -> str:
     return (f"{result['backend']} ({result['execution']}): step {step['median']:.1f} ms "
             f"(min {step['min']:.1f})" + (f", {e2e['median']:.2f} s/image" if e2e else "")
             + f", weights {result['weight_bytes']['total'] / MIB:.1f} MiB"
-            + f", peak RSS {result['peak_rss_mib']} MiB")
+            + f", peak RSS {result['peak_rss_mib']} MiB"
+            + ("" if result.get("peak_cuda_mib") is None else f", peak CUDA {result['peak_cuda_mib']} MiB"))
 
 
 def save_report(report: dict, path: str | Path) -> Path:

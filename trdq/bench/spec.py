@@ -7,11 +7,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from trdq.api import DEPLOYMENTS
 from trdq.config import ROTATIONS, QuantConfig, TimeGroups, parse_bits
 
 FULL_PRECISION, SIMULATED, REAL = "full precision", "simulated", "real integer"
 DEFAULT_BACKENDS = ("fp32", "bf16", "trdq-w8a8-sim", "trdq-w8a8-real", "trdq-w4a8-real")
+FULL_PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DEVICES = ("cpu", "cuda")
+REAL_DTYPES = ("bfloat16", "float16", "float32")
 BENCH_ALPHA = 0.5
 CALIB_LATENT, CALIB_TEXT_TOKENS, CALIB_INPUTS, CALIB_PROMPTS = 8, 8, 8, 8
 PIPELINE_REPEATS = 20
@@ -60,7 +65,7 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
     Raises:
         ValueError: for an unknown name or deployment, naming what is accepted.
     """
-    hint = ("use fp32, bf16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared], "
+    hint = ("use fp32, bf16, fp16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared], "
             f"e.g. {','.join(DEFAULT_BACKENDS)}")
     bad = [d for d in deployments if d not in DEPLOYMENTS]
     if bad or not deployments:
@@ -69,8 +74,8 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
     out: list[Backend] = []
     for name in names:
         m = re.fullmatch(r"trdq-(w\d+a\d+)-(sim|real)(?:-(per-group|shared))?", name)
-        if name in ("fp32", "bf16"):
-            out.append(Backend(name, "bfloat16" if name == "bf16" else "float32"))
+        if name in FULL_PRECISION_DTYPES:
+            out.append(Backend(name, FULL_PRECISION_DTYPES[name]))
         elif m is None or (m.group(2) == "sim" and m.group(3)):
             raise ValueError(f"unknown backend {name!r}; {hint}")
         elif m.group(2) == "sim":
@@ -101,9 +106,14 @@ class BenchSpec:
         warmup, repeats: untimed, then timed steps (repeats None: 5 for random models, 20 for pipelines).
         e2e_repeats: timed images of a pipeline, after one untimed image.
         threads: torch threads (None: every usable core).
+        device: where the timed model and its inputs live: "cpu", or "cuda" (the current CUDA
+            device; each step is synchronized before the clock stops, and the allocator's peak is
+            reported beside the RSS). Building, calibrating and fitting run on the CPU either way;
+            the built model is then moved.
         groups, rotation: time groups and rotation of the quantized backends.
         real_dtype: dtype of everything outside the integer layers of real backends ("bfloat16",
-            like the bf16 baseline, or "float32"; :func:`trdq.realize`'s ``dtype``).
+            like the bf16 baseline, "float16", like fp16, or "float32"; :func:`trdq.realize`'s
+            ``dtype``). None: float16 on cuda (what GPU inference runs in), bfloat16 on cpu.
         compile: run real backends' activation quantization, int8 GEMM and dequantization through
             ``torch.compile`` (fused loops; the online transform stays eager; :func:`trdq.realize`).
         share_attention: also time each step with Attention-Sharing in the layers this rule picks
@@ -112,7 +122,9 @@ class BenchSpec:
         overrides: config overrides of a random model's transformer (e.g. ``{"num_layers": 2}``).
         mem_limit_gib: address-space cap of a worker beyond its size after imports (None: 90% of
             the memory available when it starts; 0: none), so that a backend too big for the
-            machine fails with an error instead of waking the kernel's OOM killer.
+            machine fails with an error instead of waking the kernel's OOM killer. On cuda no cap
+            is set (CUDA reserves far more virtual address space than it uses; a positive value is
+            refused).
     """
 
     model: str = "pixart-xl-random"
@@ -122,9 +134,10 @@ class BenchSpec:
     repeats: int | None = None
     e2e_repeats: int = 3
     threads: int | None = None
+    device: str = "cpu"
     groups: int = 4
     rotation: str = "duquant"
-    real_dtype: str = "bfloat16"
+    real_dtype: str | None = None
     compile: bool = True
     share_attention: int | str | None = None
     seed: int = 0
@@ -147,13 +160,30 @@ class BenchSpec:
         if self.resolution is not None and (self.resolution < 16 or self.resolution % 16):
             raise ValueError("resolution must be a positive multiple of 16 pixels (latent = px / 8, "
                              f"patch 2), got {self.resolution}")
-        if self.real_dtype not in ("bfloat16", "float32"):
-            raise ValueError(f"real_dtype is bfloat16 or float32, got {self.real_dtype!r}")
+        self._check_device()
+        if self.real_dtype is None:
+            object.__setattr__(self, "real_dtype", "float16" if self.device == "cuda" else "bfloat16")
+        if self.real_dtype not in REAL_DTYPES:
+            raise ValueError(f"real_dtype is one of {', '.join(REAL_DTYPES)}, got {self.real_dtype!r}")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"unknown rotation {self.rotation!r}; choose one of {', '.join(ROTATIONS)}")
         if self.overrides and not self.bare:
             raise ValueError(f"config overrides apply to the random models ({', '.join(RANDOM_MODELS)}), "
                              f"not to {self.model!r}")
+
+    def _check_device(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.device != "cuda":
+            return
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device cuda, but torch.cuda.is_available() is False here (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}): run on a "
+                             "machine with a GPU and a CUDA build of torch, or use --device cpu")
+        if self.mem_limit_gib:
+            raise ValueError("--mem-limit-gib caps the address space, and CUDA reserves far more "
+                             "virtual memory than it uses, so the cap would break it: leave it out "
+                             "with --device cuda")
 
     @property
     def bare(self) -> bool:
