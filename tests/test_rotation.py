@@ -73,7 +73,7 @@ def test_apply_block_diag_matches_the_dense_product():
     assert torch.allclose(R.apply_block_diag(x, blocks), x @ R.block_diag(blocks), atol=1e-12)
 
 
-@pytest.mark.parametrize("n", [64, 72, 1152, 30, 7])
+@pytest.mark.parametrize("n", [64, 72, 512, 1152, 30, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_factored_hadamard_applies_like_its_matrix(n, dtype):
     r = R.hadamard_rotation(n, seed=3)
@@ -96,3 +96,32 @@ def test_factored_duquant_rotation_matches_its_dense_form(n, block):
     assert torch.allclose(rot.matrix(), dense, atol=1e-12)
     x = torch.randn(5, n, dtype=torch.float64)
     assert torch.allclose(rot.apply(x.float()).double(), x @ dense, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_duquant_rotation_runs_channels_first_on_any_leading_shape(dtype):
+    r1 = R.greedy_block_rotation(torch.rand(72, dtype=torch.float64) + 1, 32)  # 2 blocks of 32 + one of 8
+    perm = torch.randperm(72, generator=torch.Generator().manual_seed(0))
+    rot = R.duquant_rotation(r1, perm, R.greedy_block_rotation(torch.rand(72, dtype=torch.float64) + 1, 32, seed=1))
+    online = rot.online(dtype)
+    assert online.channel_major and not R.hadamard_rotation(72).online().channel_major
+    x = torch.randn(3, 5, 72, dtype=torch.float64)
+    exact = x @ rot.matrix()
+    y = online.apply(x.to(dtype))
+    assert y.shape == x.shape and y.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert (y.double() - exact).abs().max() < tol * exact.abs().max()
+    assert torch.equal(online.apply_rows(x.reshape(-1, 72).to(dtype)), y.reshape(-1, 72).T)
+
+
+@pytest.mark.parametrize("first", ["blocks", "signs", "dense", "hadamard", "perm"])
+def test_input_scale_folds_into_the_first_stage_or_comes_before_it(first):
+    n = 48
+    d = torch.rand(n, dtype=torch.float64) + 0.5
+    stage = {"blocks": ("blocks", R.greedy_block_rotation(torch.rand(n, dtype=torch.float64), 16)),
+             "signs": ("signs", R.random_signs(n, 0)), "dense": ("dense", R.random_orthogonal(n, 0)),
+             "hadamard": ("hadamard", n), "perm": ("perm", torch.randperm(n))}[first]
+    rot = R.Rotation(n, (stage, ("hadamard", n)))
+    scaled = rot.with_input_scale(d)
+    assert torch.allclose(scaled.matrix(), torch.diag(d) @ rot.matrix(), atol=1e-12)
+    assert len(scaled.stages) == (3 if first in ("hadamard", "perm") else 2)

@@ -181,6 +181,23 @@ class Rotation:
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.stages]
 
+    def with_input_scale(self, d: torch.Tensor) -> Rotation:
+        """``diag(d) R`` (no longer orthogonal unless ``|d| = 1``): the channel scaling folded
+        into the first stage when that is a block, sign or dense stage, else a scaling stage first.
+        The real path uses it to fold smoothing ``Delta^-1`` into the rotation."""
+        d = d.to(DTYPE)
+        kind, value = self.stages[0]
+        if kind == "blocks":
+            sizes = [b.shape[0] for b in value]
+            first = (kind, [b.to(DTYPE) * part[:, None] for b, part in zip(value, d.split(sizes))])
+        elif kind == "signs":
+            first = (kind, value.to(DTYPE) * d)
+        elif kind == "dense":
+            first = (kind, value.to(DTYPE) * d[:, None])
+        else:
+            return Rotation(self.size, (("signs", d), *self.stages))
+        return Rotation(self.size, (first, *self.stages[1:]))
+
 
 @dataclass(frozen=True, eq=False)
 class OnlineRotation:
@@ -192,12 +209,53 @@ class OnlineRotation:
     stages: tuple[tuple[str, object], ...]
     dtype: torch.dtype
 
+    @property
+    def channel_major(self) -> bool:
+        """Whether :meth:`apply` goes through :meth:`apply_rows` (block and permutation stages,
+        DuQuant's) rather than row by row (signs and Hadamard factors, QuaRot's, which need no
+        transposed copy)."""
+        return any(kind in ("blocks", "perm") for kind, _ in self.stages)
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ R`` for x (..., C) in ``x``'s dtype, computed in ``self.dtype``."""
+        if self.channel_major:
+            return self.apply_rows(x.reshape(-1, self.size)).T.reshape(x.shape).to(x.dtype)
         y = x.to(self.dtype)
         for kind, value in self.stages:
             y = _stage_fast(y, kind, value)
         return y.to(x.dtype)
+
+    def apply_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x @ R)^T`` (C, M) for rows x (M, C): one copy writes ``x^T`` in :attr:`dtype`,
+        then :meth:`apply_channel_major`."""
+        y_t = torch.empty(self.size, len(x), dtype=self.dtype, device=x.device)
+        y_t.copy_(x.T)
+        return self.apply_channel_major(y_t)
+
+    def apply_channel_major(self, y_t: torch.Tensor) -> torch.Tensor:
+        """``(x @ R)^T`` from ``x^T``: both (C, M), channels first.
+
+        Every stage is faster in this layout than on (M, C) rows: a block rotation is one batched
+        matmul of (b, b) blocks against (b, M) slabs that are already contiguous (no transposed
+        copies), the permutation gathers whole rows (bf16 column gathers are slow on CPU) and each
+        Hadamard Kronecker factor is one matmul whose other side has M or more columns.
+
+        Args:
+            y_t: (C, M) in :attr:`dtype`, contiguous.
+
+        Returns:
+            (C, M), contiguous.
+        """
+        for kind, value in self.stages:
+            y_t = _stage_channel_major(y_t, kind, value)
+        return y_t
+
+    def map(self, fn) -> OnlineRotation:
+        """The same rotation with ``fn`` applied to every factor tensor (``Module._apply``'s
+        device or dtype moves); the dtype follows the floating factors."""
+        stages = tuple((kind, _map_tensors(value, fn)) for kind, value in self.stages)
+        floats = [t for _, v in stages for t in _flat_tensors(v) if t.is_floating_point()]
+        return OnlineRotation(self.size, stages, floats[0].dtype if floats else self.dtype)
 
 
 def _stage_exact(x: torch.Tensor, kind: str, value) -> torch.Tensor:
@@ -225,7 +283,7 @@ def _prepare(kind: str, value, dtype: torch.dtype, device: torch.device):
     return value.to(dtype=dtype, device=device)  # signs, dense
 
 
-MAX_KRON_FACTOR = 64
+MAX_KRON_FACTOR = 128
 
 
 def _hadamard_kron_factors(n: int) -> list[torch.Tensor]:
@@ -259,6 +317,50 @@ def _stage_fast(x: torch.Tensor, kind: str, value) -> torch.Tensor:
     if kind == "perm":
         return x.index_select(-1, value)  # much faster than x[..., value] on CPU
     return x @ value  # dense
+
+
+def _stage_channel_major(y: torch.Tensor, kind: str, value) -> torch.Tensor:
+    """One stage of ``x @ R`` on ``y = x^T`` (C, M): returns ``(x @ stage)^T``, contiguous."""
+    m = y.shape[1]
+    if kind == "blocks":  # (B^T y) per block of rows
+        full, rest = value
+        nb, b = full.shape[:2]
+        cut = nb * b
+        head = torch.bmm(full.transpose(1, 2), y[:cut].view(nb, b, m)).view(cut, m)
+        if not rest:
+            return head
+        tails, start = [], cut
+        for block in rest:
+            tails.append(block.T @ y[start:start + block.shape[0]])
+            start += block.shape[0]
+        return torch.cat([head, *tails])
+    if kind == "hadamard":  # (F_1 kron F_2 kron ...)^T y: one matmul along each factor's axis
+        sizes = [f.shape[0] for f in value]
+        for j, f in enumerate(value):
+            lead, trail = math.prod(sizes[:j]), math.prod(sizes[j + 1:]) * m
+            y = (f.T @ y.view(lead, sizes[j], trail)).view(-1, m)
+        return y
+    if kind == "signs":
+        return y * value[:, None]
+    if kind == "perm":
+        return y.index_select(0, value)  # whole rows: a memcpy each
+    return value.T @ y  # dense
+
+
+def _flat_tensors(value) -> list[torch.Tensor]:
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flat_tensors(v)]
+    return []
+
+
+def _map_tensors(value, fn):
+    if torch.is_tensor(value):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
 
 
 def block_sizes(n: int, block_size: int) -> list[int]:
