@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+from trdq import layers
 from trdq import quantizer as Q
 from trdq import rotation as R
-from trdq.layers import GroupTransform, IntLinear, QuantLinear
+from trdq.layers import GroupTransform, IntLinear, OnlineTransform, QuantLinear, SharedIntLinear
 from trdq.smoothing import smoothing_factors
 from trdq.timegroups import GroupIndex, GroupState
 
@@ -91,3 +92,36 @@ def test_real_layer_rejects_grouped_weights():
     sim = QuantLinear.from_linear(lin, [GroupTransform()], 4, 8, GroupState(), w_group_size=8)
     with pytest.raises(ValueError, match="w_group_size=None"):
         IntLinear.from_quant(sim, 4)
+
+
+@pytest.mark.parametrize("group", [0, 1])
+def test_online_transform_folds_smoothing_into_the_rotation_and_keeps_the_weight_side(group):
+    sim, x, _ = _two_group_layer(8, 8, False)
+    t = sim.transforms[group]
+    online = OnlineTransform.of(t)
+    assert torch.allclose(online.apply(x).double(), t.activation(x.double()), atol=1e-4)
+    w = torch.randn(48, 72, dtype=torch.float64)
+    assert torch.allclose(online.weight(w.float()).double(), t.weight(w), atol=1e-3)
+
+
+def test_moving_a_real_layer_moves_its_online_transforms():
+    sim, x, state = _two_group_layer(8, 8, False)
+    lin = nn.Linear(72, 48)
+    for real in (IntLinear.from_quant(sim, 8), SharedIntLinear.from_weight(sim, lin.weight, 8)):
+        real(x)  # a shared layer builds its active copy
+        real.to("meta")
+        tensors = [f for t in real.transforms for _, s in t.rotation.stages for f in R._flat_tensors(s)]
+        tensors += [t.delta for t in real.transforms if t.delta is not None]
+        assert len(tensors) > 4 and all(v.device.type == "meta" for v in tensors)
+        assert all(b.device.type == "meta" for b in real.buffers())
+
+
+def test_large_cpu_outputs_are_computed_in_row_chunks_with_the_same_result(monkeypatch):
+    sim, x, state = _two_group_layer(8, 8, False)
+    real = IntLinear.from_quant(sim, 8)
+    whole = real(x)
+    monkeypatch.setattr(layers, "ACC_CHUNK_BYTES", 48 * 4 * 8)  # 8 rows of 48 int32 per call
+    assert layers.row_chunk(64, 48, x.device) == 64  # never fewer than 64 rows
+    assert layers.row_chunk(64, 48, torch.device("meta")) == 64
+    x_long = torch.cat([x] * 3, dim=1)  # (4, 48, 72): 192 rows -> 3 calls
+    assert torch.equal(real(x_long), torch.cat([whole] * 3, dim=1))

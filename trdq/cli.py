@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pixart-xl-random or latte-random (published configs, random weights, no download), "
                          "shapes-t2i, or a diffusers pipeline folder / hub id")
     be.add_argument("--backends", default=None,
-                    help="comma list of fp32, bf16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared] "
+                    help="comma list of fp32, bf16, fp16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared] "
                          "(default: fp32,bf16,trdq-w8a8-sim,trdq-w8a8-real,trdq-w4a8-real)")
     be.add_argument("--deployment", default="per-group",
                     help="deployment(s) of real backends without a suffix: per-group, shared, or both")
@@ -89,11 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="timed steps (default 5 for random models, 20 for pipelines)")
     be.add_argument("--e2e-repeats", type=int, default=3, help="timed images of a pipeline")
     be.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
+    be.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the timed models run (built and fitted on the CPU, then moved); cuda "
+                         "synchronizes each step and also reports the CUDA allocator's peak")
     be.add_argument("--groups", type=int, default=4, help="time groups of the quantized backends")
     be.add_argument("--rotation", default="duquant",
                     help="rotation of the quantized backends: " + ", ".join(ROTATIONS))
-    be.add_argument("--real-dtype", default="bfloat16", choices=("bfloat16", "float32"),
-                    help="dtype of everything outside the integer layers of the real backends")
+    be.add_argument("--real-dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                    help="dtype of everything outside the integer layers of the real backends "
+                         "(default: float16 on cuda, bfloat16 on cpu)")
     be.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="real backends: fuse each integer layer's transform, quantization and "
                          "dequantization with torch.compile (the first steps compile)")
@@ -250,6 +254,7 @@ def cmd_bench(args) -> None:
                  if v is not None}
     spec = bench.BenchSpec(model=args.model, resolution=args.resolution, batch=args.batch, warmup=args.warmup,
                            repeats=args.repeats, e2e_repeats=args.e2e_repeats, threads=args.threads,
+                           device=args.device,
                            groups=args.groups, rotation=args.rotation, share_attention=args.share_attention,
                            real_dtype=args.real_dtype, compile=args.compile, seed=args.seed, overrides=overrides,
                            mem_limit_gib=args.mem_limit_gib)

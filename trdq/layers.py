@@ -57,7 +57,7 @@ class GroupTransform:
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """``X Delta^-1 R`` in ``x``'s dtype, (..., C_in)."""
         if self.delta is not None:
-            x = x / self.delta.to(x.dtype)
+            x = x / self.delta.to(x)
         return self.rotation.apply(x) if self.rotation is not None else x
 
 
@@ -124,9 +124,14 @@ class QuantLinear(nn.Module):
 
 @dataclass(frozen=True)
 class OnlineTransform:
-    """What a real integer layer keeps of one group's :class:`GroupTransform`: the smoothing
-    factors and the rotation's prepared factors in the dtype it is applied in (float32, or bf16
-    for a bf16 model; no float64 copies)."""
+    """What a real integer layer keeps of one group's :class:`GroupTransform`, in the dtype it
+    is applied in (float32, or bf16 for a bf16 model; no float64 copies).
+
+    Attributes:
+        delta: the smoothing factors ``s`` (C_in,), or None.
+        rotation: the prepared rotation factors, with ``Delta^-1`` folded into the first one
+            (``Delta^-1 R``, folded in float64 before the cast): activations take one pass fewer.
+    """
 
     delta: torch.Tensor | None
     rotation: OnlineRotation | None
@@ -134,15 +139,39 @@ class OnlineTransform:
 
     @classmethod
     def of(cls, t: GroupTransform, dtype: torch.dtype = torch.float32) -> OnlineTransform:
-        return cls(None if t.delta is None else t.delta.to(dtype),
-                   None if t.rotation is None else t.rotation.online(dtype), dtype)
+        delta = None if t.delta is None else t.delta.to(dtype)
+        if t.rotation is None:
+            return cls(delta, None, dtype)
+        rotation = t.rotation if t.delta is None else t.rotation.with_input_scale(1 / t.delta.double())
+        return cls(delta, rotation.online(dtype), dtype)
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``W Delta R`` for w (C_out, C_in) in w's dtype: ``(W Delta^2)(Delta^-1 R)`` when the
+        smoothing is folded into the rotation."""
+        if self.delta is not None:
+            w = w * (self.delta.to(w.dtype) ** (2 if self.rotation is not None else 1))
+        return w if self.rotation is None else self.rotation.apply(w)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``X Delta^-1 R`` for x (..., C_in), computed and returned in :attr:`dtype`."""
-        x = x.to(self.dtype)
-        if self.delta is not None:
-            x = x / self.delta.to(x.device)
-        return x if self.rotation is None else self.rotation.apply(x)
+        """``X Delta^-1 R`` for x (..., C_in), computed and returned in :attr:`dtype`.
+
+        With a rotation, the smoothing is folded into it. Block rotations run channels-first
+        (:meth:`OnlineRotation.apply_rows`) and their result is returned as a transposed view,
+        which per-token quantization reads in place.
+        """
+        if self.rotation is None:
+            x = x.to(self.dtype)
+            return x if self.delta is None else x / self.delta
+        if not self.rotation.channel_major:
+            return self.rotation.apply(x.to(self.dtype))
+        return self.rotation.apply_rows(x.reshape(-1, x.shape[-1])).T.reshape(x.shape)
+
+    def map(self, fn) -> OnlineTransform:
+        """The same transform with ``fn`` applied to its tensors (see :meth:`IntLinear._apply`)."""
+        delta = None if self.delta is None else fn(self.delta)
+        rotation = None if self.rotation is None else self.rotation.map(fn)
+        dtype = delta.dtype if delta is not None else rotation.dtype if rotation is not None else self.dtype
+        return OnlineTransform(delta, rotation, dtype)
 
 
 def quantized_linear(xt: torch.Tensor, w_store: torch.Tensor, w_scale: torch.Tensor, w_rowsum: torch.Tensor,
@@ -155,6 +184,21 @@ def quantized_linear(xt: torch.Tensor, w_store: torch.Tensor, w_scale: torch.Ten
     codes, scale, zero = kernels.quantize_per_token_int8(xt.float(), a_bits, a_symmetric)
     w_codes = kernels.unpack_int4(w_store) if packed else w_store
     return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, bias, out_dtype=out_dtype, w_rowsum=w_rowsum)
+
+
+# Largest int32 accumulator (rows x C_out) one CPU call makes. glibc serves blocks above its mmap
+# threshold (32 MiB at most) with fresh pages on every call, and faulting them in cost about as
+# much as the GEMM itself (2048 x 1152 -> 4608: 21 ms unsplit, 12 ms in two halves, here).
+ACC_CHUNK_BYTES = 16 * 2**20
+
+
+def row_chunk(rows: int, out_features: int, device: torch.device) -> int:
+    """Rows per integer GEMM call: all of them on accelerators; on CPU, as many as keep the int32
+    accumulator within :data:`ACC_CHUNK_BYTES` (a multiple of 64, per-token quantization makes
+    the split exact)."""
+    if device.type != "cpu" or rows * out_features * 4 <= ACC_CHUNK_BYTES:
+        return max(rows, 1)
+    return max(64, ACC_CHUNK_BYTES // (out_features * 4) // 64 * 64)
 
 
 @functools.cache
@@ -213,6 +257,13 @@ class IntLinear(nn.Module):
     def packed(self) -> bool:
         return self.w_store.dtype == torch.uint8
 
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` and friends move the online transforms with the buffers (they live
+        in a plain attribute, which ``nn.Module`` would leave behind)."""
+        super()._apply(fn, recurse)
+        self.transforms = [t.map(fn) for t in self.transforms]
+        return self
+
     def _codes(self, copy: int) -> torch.Tensor:  # (C_out, C_in) int8
         return kernels.unpack_int4(self.w_store[copy]) if self.packed else self.w_store[copy]
 
@@ -247,7 +298,12 @@ class IntLinear(nn.Module):
             xt = self.transforms[g].apply(x)
         call = compiled_quantized_linear() if self.compiled else quantized_linear
         bias = None if self.bias is None else self.bias.detach()  # a plain tensor: compile keeps its size dynamic
-        return call(xt, *self._stored(g), self.packed, bias, self.a_bits, self.a_symmetric, x.dtype)
+        stored = self._stored(g)
+        rows = xt.reshape(-1, self.in_features)
+        step = row_chunk(len(rows), self.out_features, x.device)
+        out = [call(rows[i:i + step], *stored, self.packed, bias, self.a_bits, self.a_symmetric, x.dtype)
+               for i in range(0, len(rows), step)]
+        return (out[0] if len(out) == 1 else torch.cat(out)).reshape(*x.shape[:-1], self.out_features)
 
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Group ``g``'s stored weight codes (packed when :attr:`packed`), scales (C_out, 1) and
@@ -302,14 +358,14 @@ class SharedIntLinear(IntLinear):
     def packed(self) -> bool:
         return self.w_bits <= 4 and self.in_features % 2 == 0
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._active = None  # rebuilt where the master now lives
+        return self
+
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._active is None or self._active[0] != g:
-            t = self.transforms[g]
-            w = self.master.float() * self.master_scale  # (C_out, C_in)
-            if t.delta is not None:
-                w = w * t.delta
-            if t.rotation is not None:
-                w = t.rotation.apply(w)
+            w = self.transforms[g].weight(self.master.float() * self.master_scale)  # (C_out, C_in)
             p = quantizer.per_channel_params(w, self.w_bits, symmetric=True)
             codes = quantizer.quantize(w, p).to(torch.int8)
             self.w_store = kernels.pack_int4(codes) if self.packed else codes
