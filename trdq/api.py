@@ -236,8 +236,9 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
             transforms in it too (float32 when None), keep float32 weight scales and quantize
             activations in float32, and return the dtype they are given.
         compile: run each integer layer's activation quantization, int8 GEMM and dequantization
-            through ``torch.compile`` as fused loops (:func:`trdq.layers.compiled_quantized_linear`;
-            the online transform stays eager); a model's first step compiles.
+            through ``torch.compile`` as fused loops (:func:`trdq.layers.compiled_quantized_linear`),
+            and block-rotation transforms too (:func:`trdq.rotation.compiled_rotate_rows`, static
+            shapes); a model's first step compiles.
 
     Returns:
         The same kind of object as ``qmodel``, labelled ``"real integer"``.

@@ -225,12 +225,10 @@ class OnlineRotation:
             y = _stage_fast(y, kind, value)
         return y.to(x.dtype)
 
-    def apply_rows(self, x: torch.Tensor) -> torch.Tensor:
+    def apply_rows(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
         """``(x @ R)^T`` (C, M) for rows x (M, C): one copy writes ``x^T`` in :attr:`dtype`,
-        then :meth:`apply_channel_major`."""
-        y_t = torch.empty(self.size, len(x), dtype=self.dtype, device=x.device)
-        y_t.copy_(x.T)
-        return self.apply_channel_major(y_t)
+        then :meth:`apply_channel_major`; through :func:`compiled_rotate_rows` if ``compiled``."""
+        return (compiled_rotate_rows() if compiled else rotate_rows)(x, self.stages, self.dtype)
 
     def apply_channel_major(self, y_t: torch.Tensor) -> torch.Tensor:
         """``(x @ R)^T`` from ``x^T``: both (C, M), channels first.
@@ -345,6 +343,27 @@ def _stage_channel_major(y: torch.Tensor, kind: str, value) -> torch.Tensor:
     if kind == "perm":
         return y.index_select(0, value)  # whole rows: a memcpy each
     return value.T @ y  # dense
+
+
+def rotate_rows(x: torch.Tensor, stages: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """:meth:`OnlineRotation.apply_rows` as a function of tensors (what :func:`compiled_rotate_rows`
+    compiles): ``x^T`` in ``dtype``, then each stage channels-first."""
+    y_t = torch.empty(x.shape[1], x.shape[0], dtype=dtype, device=x.device)
+    y_t.copy_(x.T)
+    for kind, value in stages:
+        y_t = _stage_channel_major(y_t, kind, value)
+    return y_t
+
+
+@functools.cache
+def compiled_rotate_rows():
+    """:func:`rotate_rows` under ``torch.compile`` with static shapes, built once per process:
+    the transposed copy fuses with the cast and the permutation with its neighbours, around the
+    batched matmuls (2048 x 1152 in bf16 on this 2-core CPU: 1.7 ms against 3.0 ms eager). Every
+    layer with the same stage structure and shapes shares a graph (a handful per model); with
+    dynamic shapes Inductor's code for the batched matmuls was slower than eager."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(rotate_rows, dynamic=False)
 
 
 def _flat_tensors(value) -> list[torch.Tensor]:

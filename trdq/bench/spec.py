@@ -115,7 +115,7 @@ class BenchSpec:
             like the bf16 baseline, "float16", like fp16, or "float32"; :func:`trdq.realize`'s
             ``dtype``). None: float16 on cuda (what GPU inference runs in), bfloat16 on cpu.
         compile: run real backends' activation quantization, int8 GEMM and dequantization through
-            ``torch.compile`` (fused loops; the online transform stays eager; :func:`trdq.realize`).
+            ``torch.compile`` (fused loops), block-rotation transforms too (:func:`trdq.realize`).
         share_attention: also time each step with Attention-Sharing in the layers this rule picks
             (:meth:`trdq.attention.ShareRule.parse`: ``2`` layers, ``"0.9"`` cosine, ``"25%"`` of
             the uncond score compute); None or 0: not measured.
