@@ -160,6 +160,16 @@ def sharing_table(path: Path, max_drop: float = 0.02, min_skipped: float = 0.25)
     return _markdown(pd.DataFrame(rows))
 
 
+def _step_split(profile: dict | None, result: dict | None = None) -> str:
+    """A profiled step's shares, e.g. ``39% / 55% / - / -`` (see trdq.bench.measure.profile_step)."""
+    if not profile:  # reports made before steps were profiled: the transforms' share alone
+        online = (result or {}).get("online_transforms")
+        return "-" if not online else f"- / - / - / {online['share']:.0%}"
+    shares = profile["shares"]
+    return " / ".join(f"{shares[k]:.0%}" if shares[k] else "-"
+                      for k in ("attention", "float_gemm", "int8_gemm", "online_transform"))
+
+
 def bench_table(path: Path) -> str:
     """Per backend: transformer step latency, image latency, weight bytes and memory, with the
     setup and machine of the run above the table (``python -m trdq bench``)."""
@@ -174,12 +184,16 @@ def bench_table(path: Path) -> str:
     head = (f"{report['model']}{f' ({changed})' if changed else ''}, {setup['resolution_px']} px "
             f"({setup['image_tokens']} image tokens, {setup['text_tokens']} text tokens), per-step batch "
             f"{report['batch']} at t={setup['timestep']:g}; median of {report['repeats']} steps after "
-            f"{report['warmup']} warm-up. {m['cpu']}, {m['usable_cores']} cores, threads {m['threads']}, "
-            f"torch {m['torch']}, {m['date'][:10]}.")
+            f"{report['warmup']} warm-up. "
+            + (f"{m['gpu']} (CUDA {m['cuda']}), " if report.get("device") == "cuda"
+               else f"{m['cpu']}, {m['usable_cores']} cores, threads {m['threads']}, ")
+            + f"torch {m['torch']}, {m['date'][:10]}.")
     spec = report["spec"]
     if any(r.get("execution") == "real integer" for r in report["results"]) and "real_dtype" in spec:
         head += (f" Real integer backends: {spec['real_dtype']} outside the integer layers, "
                  f"{'compiled' if spec['compile'] else 'eager'} quantization and GEMM.")
+    cuda = report.get("device") == "cuda"
+    has_fp16 = any(r["backend"] == "fp16" and r["status"] == "ok" for r in report["results"])
     rows = []
     for r in report["results"]:
         if r["status"] != "ok":
@@ -191,13 +205,14 @@ def bench_table(path: Path) -> str:
             "backend": r["backend"], "execution": r["execution"],
             "step (ms)": f"{r['step_ms']['median']:.1f}", "step vs fp32": ratio(r, "fp32", "step"),
             "step vs bf16": ratio(r, "bf16", "step"),
+            **({"step vs fp16": ratio(r, "fp16", "step")} if has_fp16 else {}),
             "image (s)": "-" if e2e is None else f"{e2e['median']:.2f}",
             "weights (MiB)": f"{r['weight_bytes']['total'] / 2**20:.1f}",
             "weights vs bf16": ratio(r, "bf16", "weight_bytes"),
-            "RSS base / peak (MiB)": f"{r['rss_baseline_mib']:.0f} / "
-                                     + ("-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"),
-            "online transforms": "-" if not r.get("online_transforms")
-            else f"{100 * r['online_transforms']['share']:.0f}% of step",
+            **({"peak CUDA (MiB)": f"{r['peak_cuda_mib']:.0f}"} if cuda else
+               {"RSS base / peak (MiB)": f"{r['rss_baseline_mib']:.0f} / "
+                                         + ("-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}")}),
+            "step: attention / float GEMM / int8 GEMM / transforms": _step_split(r.get("profile"), r),
         })
         if sharing := r.get("sharing"):
             rule = f"{sharing['rule']}: " if "rule" in sharing else ""
@@ -205,6 +220,17 @@ def bench_table(path: Path) -> str:
                 f"{sharing['step_ms']['median']:.1f} ({rule}{len(sharing['layers'])}/{sharing['of']} layers, "
                 f"{sharing['attn_score_skipped']:.0%} of uncond scores skipped)")
     return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-"))
+
+
+def layer_timing_table(path: Path) -> str:
+    """One row per layer shape and case of ``python -m trdq.bench.layer_timing``: microseconds per
+    call replayed from a CUDA graph (kernels only) and eager (with the per-call CPU cost)."""
+    report = json.loads(path.read_text())
+    m = report["meta"]
+    rows = [{"layer": f"{r['in']} -> {r['out']}", "case": r["case"],
+             "graph (us)": "-" if r["graph_us"] is None else f"{r['graph_us']:.1f}",
+             "eager (us)": "-" if r["eager_us"] is None else f"{r['eager_us']:.1f}"} for r in report["rows"]]
+    return f"{m['device']}, torch {m['torch']}, {m['rows']} tokens per call.\n\n" + _markdown(pd.DataFrame(rows))
 
 
 TABLES = {
@@ -216,6 +242,8 @@ TABLES = {
     "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
     "bench-shapes": (RESULTS / "bench-shapes-t2i.json", bench_table),
     "bench-video": (RESULTS / "bench-shapes-t2v.json", bench_table),
+    "bench-cuda": (RESULTS / "bench-pixart-xl-random-512-cuda.json", bench_table),
+    "layer-timing-cuda": (RESULTS / "layer-timing-cuda.json", layer_timing_table),
     "video-quality": (RESULTS / "shapes-t2v-fp.json", clip_quality_table),
     "video-quantized": (RESULTS / "shapes-t2v-sharing.json", clip_quality_table),
     "cfg-split": (RESULTS / "shapes-t2i-cfg-split.json", quantized_table),

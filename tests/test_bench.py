@@ -262,6 +262,23 @@ def test_real_backends_report_the_share_of_their_online_transforms(report):
     assert online["share"] == pytest.approx(online["transform_ms"] / online["profiled_step_ms"], abs=1e-3)
 
 
+def test_every_backend_splits_a_profiled_step_into_attention_gemms_and_transforms(report):
+    fp32, bf16, sim, real = report["results"]
+    for r in (fp32, bf16, sim, real):
+        p = r["profile"]
+        assert p["attention_ms"] > 0 and p["other_ms"] >= 0
+        parts = sum(p[f"{k}_ms"] for k in ("attention", "float_gemm", "int8_gemm", "online_transform", "other"))
+        assert parts >= p["profiled_step_ms"] - 0.02  # "other" is the rest of the step, never negative
+        if p["other_ms"] > 0:
+            assert parts == pytest.approx(p["profiled_step_ms"], abs=0.02)
+            assert sum(p["shares"].values()) == pytest.approx(1, abs=0.01)
+    # full precision and simulated layers multiply in float; the real ones in int8 with transforms
+    assert fp32["profile"]["int8_gemm_ms"] == 0 < fp32["profile"]["float_gemm_ms"]
+    assert sim["profile"]["int8_gemm_ms"] == 0 < sim["profile"]["float_gemm_ms"]
+    assert real["profile"]["int8_gemm_ms"] > 0 and real["profile"]["online_transform_ms"] > 0
+    assert real["online_transforms"]["transform_ms"] == real["profile"]["online_transform_ms"]
+
+
 def test_compiled_real_backends_run_and_say_so(cache):
     out = bench.run(_spec(compile=True), bench.parse_backends(["trdq-w8a8-real"]), isolate=False, cache=cache)
     (real,) = out["results"]
@@ -290,3 +307,18 @@ def test_a_pipeline_chooses_shared_layers_from_its_prompts():
     assert r["sharing"]["chosen_by"] == "similarity on prompts" and r["sharing"]["of"] == 8
     assert r["sharing"]["rule"] == "top2"
     assert "transformer_blocks.0.attn1" in r["sharing"]["layers"]  # text-free first block: maps identical
+
+
+def test_layer_timing_times_every_case_of_every_shape(monkeypatch, tmp_path):
+    from trdq.bench import layer_timing
+
+    monkeypatch.setattr(layer_timing, "CALLS", 1)
+    monkeypatch.setattr(layer_timing, "WARMUP", 1)
+    monkeypatch.setattr(layer_timing, "SHAPES", ((256, 128),))
+    out = tmp_path / "layers.json"
+    layer_timing.main(["--json", str(out), "--rows", "32"])
+    report = json.loads(out.read_text())
+    assert report["meta"]["rows"] == 32 and report["meta"]["device"] == "cpu"
+    assert [r["case"] for r in report["rows"]] == ["fp16 linear", "w8a8 real (duquant)", "w8a8 real (no transform)",
+                                                   "transform only", "int_mm only", "fp16 mm only"]
+    assert all(r["eager_us"] > 0 and r["graph_us"] > 0 for r in report["rows"])

@@ -16,8 +16,9 @@ building and fitting always run on the CPU, then the model is moved). Per backen
   VAE); None for a bare random transformer, which has neither text encoder nor VAE.
 - ``weight_bytes``: every tensor the transformer holds (:data:`WEIGHT_RULE`).
 - resident memory of the worker, and on cuda the CUDA allocator's (:data:`MEMORY_RULE`).
-- ``online_transforms`` (real backends): the share of a step spent in the online activation
-  transforms, CPU time on cpu, kernel time on cuda (its ``basis`` says which).
+- ``profile``: one profiled step split into attention, float GEMMs, int8 GEMMs, the online
+  transforms and the rest (:func:`~trdq.bench.measure.profile_step`); ``online_transforms`` (real
+  backends) is its transforms' share. CPU time on cpu, kernel time on cuda (``basis`` says which).
 - ``fit_seconds``: the wall time of its configuration's fit (None in full precision).
 - ``vs_fp32``, ``vs_bf16``, ``vs_fp16``: the value divided by that baseline's value from the same run.
 
@@ -25,7 +26,8 @@ Nothing here asserts a speed-up: the benchmark reports, with the machine it ran 
 
 Modules: :mod:`~trdq.bench.spec` (backends, the spec), :mod:`~trdq.bench.models` (building and
 fitting), :mod:`~trdq.bench.measure`, :mod:`~trdq.bench.runner` (workers, the fit cache, ``run``),
-:mod:`~trdq.bench.report`; ``__main__`` is the worker.
+:mod:`~trdq.bench.report`; ``__main__`` is the worker. :mod:`~trdq.bench.layer_timing` times single
+layers (fp16 ``nn.Linear`` against the real W8A8 layer, eager and from a CUDA graph).
 """
 
 from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, measure, synchronizer, timed, weight_bytes

@@ -143,12 +143,19 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, scale: float = 1.
     return {"median": statistics.median(times), "min": min(times), "all": times}
 
 
-def online_transform_share(transformer: nn.Module, inputs: dict, device: str = "cpu") -> dict:
-    """One profiled step: the time inside the real path's online activation transforms
-    (profiler label :data:`trdq.layers.ONLINE_TRANSFORM`) against that step's wall time.
+# what a step's profile is split into: profiler event name -> category (top-level ops; nothing nests)
+PROFILE_OPS = {"aten::scaled_dot_product_attention": "attention", "aten::linear": "float_gemm",
+               "aten::_int_mm": "int8_gemm"}
 
-    On cpu the time under the label is CPU time. On cuda it is the device time of the kernels
-    launched under it (the CPU time there would be launch overhead only), against the step's wall
+
+def profile_step(transformer: nn.Module, inputs: dict, device: str = "cpu") -> dict:
+    """One profiled step, split into attention (``scaled_dot_product_attention``), float GEMMs
+    (``nn.Linear``/``F.linear``, simulated layers included), int8 GEMMs (``torch._int_mm``) and
+    the real path's online transforms (profiler label :data:`trdq.layers.ONLINE_TRANSFORM`),
+    each in ms and as a share of the step's wall time; ``other`` is the rest.
+
+    On cpu the times are CPU time. On cuda they are the device time of the kernels launched
+    under each op (the CPU time there would be launch overhead only), against the step's wall
     time with the device synchronized at both ends; ``device_busy_ms`` is the device time of all
     the step's kernels. ``basis`` says which.
     """
@@ -165,19 +172,37 @@ def online_transform_share(transformer: nn.Module, inputs: dict, device: str = "
         transformer(**inputs)
         sync()
         step_ms = (time.perf_counter() - start) * 1e3
+    names = {**PROFILE_OPS, ONLINE_TRANSFORM: "online_transform"}
+    ms = dict.fromkeys(names.values(), 0.0)
+    out: dict = {}
     if not cuda:
-        transform_ms = sum(e.cpu_time_total for e in prof.key_averages() if e.key == ONLINE_TRANSFORM) / 1e3
-        return {"basis": "cpu time under the label / wall time of the step",
-                "transform_ms": round(transform_ms, 2), "profiled_step_ms": round(step_ms, 2),
-                "share": round(transform_ms / step_ms, 4)}
-    # host-side events: each one's device_time_total sums the kernels launched inside it
-    host = [e for e in prof.events() if e.device_type == DeviceType.CPU]
-    transform_ms = sum(e.device_time_total for e in host if e.name == ONLINE_TRANSFORM) / 1e3
-    busy_ms = sum(k.duration for e in host for k in e.kernels) / 1e3
-    return {"basis": "cuda kernel time under the label / synchronized wall time of the step",
-            "transform_ms": round(transform_ms, 3), "profiled_step_ms": round(step_ms, 2),
-            "share": round(transform_ms / step_ms, 4), "device_busy_ms": round(busy_ms, 3),
-            "share_of_device_busy": round(transform_ms / busy_ms, 4) if busy_ms else None}
+        for e in prof.key_averages():
+            if e.key in names:
+                ms[names[e.key]] += e.cpu_time_total / 1e3
+        out["basis"] = "cpu time under each op or label / wall time of the step"
+    else:  # host-side events: each one's device_time_total sums the kernels launched inside it
+        host = [e for e in prof.events() if e.device_type == DeviceType.CPU]
+        for e in host:
+            if e.name in names:
+                ms[names[e.name]] += e.device_time_total / 1e3
+        busy_ms = sum(k.duration for e in host for k in e.kernels) / 1e3
+        out.update(basis="cuda kernel time under each op or label / synchronized wall time of the step",
+                   device_busy_ms=round(busy_ms, 3))
+    ms["other"] = max(step_ms - sum(ms.values()), 0.0)
+    out.update({f"{k}_ms": round(v, 3) for k, v in ms.items()}, profiled_step_ms=round(step_ms, 2),
+               shares={k: round(v / step_ms, 4) for k, v in ms.items()})
+    return out
+
+
+def online_transform_share(profile: dict) -> dict:
+    """The online transforms' part of a :func:`profile_step` record (real backends)."""
+    out = {"basis": profile["basis"], "transform_ms": profile["online_transform_ms"],
+           "profiled_step_ms": profile["profiled_step_ms"], "share": profile["shares"]["online_transform"]}
+    if "device_busy_ms" in profile:
+        busy = profile["device_busy_ms"]
+        out.update(device_busy_ms=busy,
+                   share_of_device_busy=round(profile["online_transform_ms"] / busy, 4) if busy else None)
+    return out
 
 
 def mib(n: int | None) -> float | None:
@@ -250,10 +275,11 @@ def _timings(spec: BenchSpec, built, inputs: dict, execution: str) -> dict:
         step = timed(lambda: built.transformer(**inputs), spec.warmup, spec.num_repeats, scale=1e3, sync=sync)
         e2e = None if spec.bare else timed(lambda: generate(built.model, [prompt], [spec.seed], batch_size=1),
                                            1, spec.e2e_repeats, sync=sync)
-        real = execution == "real integer"
-        online = online_transform_share(built.transformer, inputs, spec.device) if real else None
+        profile = profile_step(built.transformer, inputs, spec.device)
+        online = online_transform_share(profile) if execution == "real integer" else None
         sharing = None if spec.share_attention is None else shared_step(spec, built, inputs)
-    return {"step_ms": step, "e2e_s_per_image": e2e, "online_transforms": online, "sharing": sharing}
+    return {"step_ms": step, "e2e_s_per_image": e2e, "profile": profile, "online_transforms": online,
+            "sharing": sharing}
 
 
 def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> dict:
