@@ -240,6 +240,7 @@ TABLES = {
     "bars": (RESULTS / "shapes-t2i-quant-200.json", bars_table),
     "ablation": (RESULTS / "shapes-t2i-ablation.json", ablation_table),
     "bench": (RESULTS / "bench-pixart-xl-random-512.json", bench_table),
+    "bench-hadamard": (RESULTS / "bench-pixart-xl-random-512-hadamard.json", bench_table),
     "bench-shapes": (RESULTS / "bench-shapes-t2i.json", bench_table),
     "bench-video": (RESULTS / "bench-shapes-t2v.json", bench_table),
     "bench-cuda": (RESULTS / "bench-pixart-xl-random-512-cuda.json", bench_table),
