@@ -344,8 +344,10 @@ def benchmark(file: str) -> tuple[str, go.Figure]:
     frame = pd.DataFrame({"backend": [r["backend"] for r in ok],
                           "step (ms)": [r["step_ms"]["median"] for r in ok],
                           "weights (MiB)": [r["weight_bytes"]["total"] / 2**20 for r in ok]})
-    fig = go.Figure([go.Bar(name="step (ms)", x=frame["backend"], y=frame["step (ms)"]),
-                     go.Bar(name="weights (MiB)", x=frame["backend"], y=frame["weights (MiB)"], yaxis="y2")])
+    # offset groups keep the two bars side by side: on two y axes plotly would draw them on top of each other
+    fig = go.Figure([go.Bar(name="step (ms)", x=frame["backend"], y=frame["step (ms)"], offsetgroup=0),
+                     go.Bar(name="weights (MiB)", x=frame["backend"], y=frame["weights (MiB)"], yaxis="y2",
+                            offsetgroup=1)])
     fig.update_layout(barmode="group", title=file, yaxis={"title": "step (ms)"},
                       yaxis2={"title": "weights (MiB)", "overlaying": "y", "side": "right"})
     return bench_table(path), fig
