@@ -226,27 +226,9 @@ class OnlineRotation:
         return y.to(x.dtype)
 
     def apply_rows(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        """``(x @ R)^T`` (C, M) for rows x (M, C): one copy writes ``x^T`` in :attr:`dtype`,
-        then :meth:`apply_channel_major`; through :func:`compiled_rotate_rows` if ``compiled``."""
+        """``(x @ R)^T`` (C, M) for rows x (M, C), channels first (:func:`rotate_rows`; through
+        :func:`compiled_rotate_rows` if ``compiled``)."""
         return (compiled_rotate_rows() if compiled else rotate_rows)(x, self.stages, self.dtype)
-
-    def apply_channel_major(self, y_t: torch.Tensor) -> torch.Tensor:
-        """``(x @ R)^T`` from ``x^T``: both (C, M), channels first.
-
-        Every stage is faster in this layout than on (M, C) rows: a block rotation is one batched
-        matmul of (b, b) blocks against (b, M) slabs that are already contiguous (no transposed
-        copies), the permutation gathers whole rows (bf16 column gathers are slow on CPU) and each
-        Hadamard Kronecker factor is one matmul whose other side has M or more columns.
-
-        Args:
-            y_t: (C, M) in :attr:`dtype`, contiguous.
-
-        Returns:
-            (C, M), contiguous.
-        """
-        for kind, value in self.stages:
-            y_t = _stage_channel_major(y_t, kind, value)
-        return y_t
 
     def map(self, fn) -> OnlineRotation:
         """The same rotation with ``fn`` applied to every factor tensor (``Module._apply``'s
@@ -346,8 +328,12 @@ def _stage_channel_major(y: torch.Tensor, kind: str, value) -> torch.Tensor:
 
 
 def rotate_rows(x: torch.Tensor, stages: tuple, dtype: torch.dtype) -> torch.Tensor:
-    """:meth:`OnlineRotation.apply_rows` as a function of tensors (what :func:`compiled_rotate_rows`
-    compiles): ``x^T`` in ``dtype``, then each stage channels-first."""
+    """``(x @ R)^T`` (C, M) for rows x (M, C), as a function of tensors (what
+    :func:`compiled_rotate_rows` compiles): one copy writes ``x^T`` in ``dtype``, then each stage
+    runs channels-first. Every stage is faster in that layout than on (M, C) rows: a block
+    rotation is one batched matmul of (b, b) blocks against (b, M) slabs that are already
+    contiguous, the permutation gathers whole rows (bf16 column gathers are slow on CPU) and each
+    Hadamard Kronecker factor is one matmul whose other side has M or more columns."""
     y_t = torch.empty(x.shape[1], x.shape[0], dtype=dtype, device=x.device)
     y_t.copy_(x.T)
     for kind, value in stages:

@@ -22,6 +22,7 @@ from torch import nn
 
 from trdq import kernels
 from trdq import rotation as R
+from trdq.bench.measure import synchronizer
 from trdq.layers import GroupTransform, IntLinear, QuantLinear
 from trdq.timegroups import GroupState
 
@@ -30,15 +31,16 @@ CALLS, WARMUP = 50, 5
 
 
 def _timeit(fn, device: str) -> float:
+    """Mean microseconds per call over :data:`CALLS` back-to-back calls (one synchronization at
+    each end: a sync per call would add its own latency to every GPU call of a few us)."""
+    sync = synchronizer(device)
     for _ in range(WARMUP):
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(CALLS):
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / CALLS * 1e6
 
 
