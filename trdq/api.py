@@ -285,11 +285,9 @@ def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | Non
             w_bits = info.config.w_bits
             layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32) if deployment == "per-group"
                      else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32))
+            layer.compiled = compile
             replace_module(transformer, name, layer)
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
-    for m in transformer.modules():
-        if isinstance(m, IntLinear):
-            m.compiled = compile
     if dtype is not None:
         _float_parts_to(transformer, dtype)
     return transformer
