@@ -6,17 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trdq import kernels
+from trdq import cpu, kernels
 from trdq.kernels import (
     block_diag_apply,
     block_diag_apply_ref,
     dequantize_int,
+    exact_fp32_chunk,
+    fbgemm_prepack,
     fwht,
     fwht_ref,
     int4_linear,
     int4_linear_ref,
     int8_linear,
     int8_linear_ref,
+    int_gemm,
     int_mm,
     int_mm_ref,
     pack_int4,
@@ -232,6 +235,59 @@ def test_int4_linear_matches_ref_and_simulated_4bit_weights(symmetric, with_bias
     assert _close(y, int4_linear_ref(x_codes, x_scale, x_zero, w_packed, w_scale, bias), 1e-5)
     simulated = F.linear(fake_quant_per_token(x, 8, symmetric), fake_quant_weight(w, 4), bias)
     assert _close(y, simulated, 1e-5)
+
+
+# ----------------------------------------------------------------------------- int8 GEMMs for CPUs without VNNI
+
+needs_fbgemm = pytest.mark.skipif(not cpu.fbgemm_available(), reason="this torch build has no fbgemm")
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 5, 7), (33, 1152, 17), (17, 2100, 9)])
+def test_fp32_gemm_is_exact_at_the_extreme_codes(m, k, n):
+    # every product at +-128 * 127: a single fp32 GEMM over K > 1032 would round; chunks do not
+    a = torch.full((m, k), -128, dtype=torch.int8)
+    w = torch.full((n, k), 127, dtype=torch.int8)
+    assert torch.equal(int_gemm(a, w, "fp32"), int_mm_ref(a, w.T).float())
+    a, w = _int8((m, k), seed=1), _int8((n, k), -127, 127, seed=2)
+    assert torch.equal(int_gemm(a, w, "fp32"), int_mm_ref(a, w.T).float())
+
+
+def test_exact_fp32_chunk_keeps_partial_sums_below_2_to_24():
+    assert exact_fp32_chunk(127) == 1032 and 1032 * 128 * 127 < 2**24 <= 1033 * 128 * 127
+    assert exact_fp32_chunk(7) > 16_000  # 4-bit codes need no split at any width here
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("w_max", [7, 8, 63])
+def test_fbgemm_gemm_is_exact_for_weights_up_to_7_bits(w_max):
+    # the worst case for fbgemm's saturating int16 pair sums without VNNI: adjacent products of
+    # the largest activation (127, seen by fbgemm as 255) and the largest 7-bit weight
+    a = torch.full((5, 130), 127, dtype=torch.int8)
+    a[:, 1::2] = -128
+    w = torch.full((9, 130), w_max, dtype=torch.int8)
+    w[:, 1::2] = -w_max
+    assert torch.equal(int_gemm(a, w, "fbgemm"), int_mm_ref(a, w.T).float())
+    a, w = _int8((17, 72), seed=3), _int8((6, 72), -w_max, w_max, seed=4)
+    assert torch.equal(int_gemm(a, w, "fbgemm", fbgemm_prepack(w)), int_mm_ref(a, w.T).float())
+
+
+@pytest.mark.parametrize("gemm", [pytest.param("fbgemm", marks=needs_fbgemm), "fp32", "int_mm"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int8_linear_is_the_same_with_every_gemm(gemm, symmetric):
+    gen = torch.Generator().manual_seed(12)
+    x, w = _activations((3, 5, 72), seed=13), torch.randn(48, 72, generator=gen) * 0.1
+    bias = torch.randn(48, generator=gen)
+    x_codes, x_scale, x_zero = quantize_per_token_int8(x, 8, symmetric)
+    w_codes, w_scale = quantize_weight_int8(w, 4)
+    y = int8_linear(x_codes, x_scale, x_zero, None if gemm == "fbgemm" else w_codes, w_scale, bias,
+                    w_rowsum=weight_rowsum(w_codes), gemm=gemm,
+                    prepared=fbgemm_prepack(w_codes) if gemm == "fbgemm" else None)
+    assert _close(y, int8_linear_ref(x_codes, x_scale, x_zero, w_codes, w_scale, bias), 1e-6)
+
+
+def test_int_gemm_rejects_an_unknown_kernel():
+    with pytest.raises(ValueError, match="int_mm, fbgemm, fp32"):
+        int_gemm(_int8((2, 4)), _int8((3, 4)), "vnni")
 
 
 # ----------------------------------------------------------------------------- online rotation

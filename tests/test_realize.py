@@ -113,3 +113,29 @@ def test_compiled_integer_layers_give_the_eager_outputs(tiny_pixart_72, deployme
     images_compiled = generate(compiled, PROMPTS, [0, 1], steps=4)
     # the same codes in fused loops: at most a rounding tie resolved the other way
     assert np.minimum(psnr(images_compiled, images_eager), 100).mean() > 60
+
+
+@pytest.mark.parametrize("w_bits", [8, 4])
+def test_every_int8_gemm_gives_the_same_images(tiny_pixart_72, w_bits):
+    from trdq import cpu
+
+    config = trdq.QuantConfig(w_bits=w_bits, a_bits=8, time_groups=trdq.TimeGroups(2), block_size=32)
+    sim = trdq.quantize(tiny_pixart_72, config, PROMPTS, steps=4)
+    gemms = ["int_mm", "fp32"] + (["fbgemm"] if w_bits <= cpu.FBGEMM_MAX_W_BITS and cpu.fbgemm_available() else [])
+    images = {}
+    for gemm in gemms:
+        real = trdq.realize(sim, gemm=gemm)
+        assert {m.gemm for m in real.pipe.transformer.modules() if isinstance(m, IntLinear)} == {gemm}
+        images[gemm] = generate(real, PROMPTS, [0, 1], steps=4)
+    for gemm in gemms[1:]:  # the same integer products; only the epilogue's float rounding may differ
+        assert np.minimum(psnr(images[gemm], images["int_mm"]), 100).mean() > 80
+    auto = trdq.realize(sim)  # this machine's choice
+    assert {m.gemm for m in auto.pipe.transformer.modules() if isinstance(m, IntLinear)} == {cpu.int8_gemm(w_bits)}
+
+
+def test_realize_refuses_an_unknown_or_inexact_gemm(tiny_pixart):
+    sim = trdq.quantize(tiny_pixart, trdq.QuantConfig(w_bits=8, a_bits=8), PROMPTS, steps=4)
+    with pytest.raises(ValueError, match="int_mm, fbgemm, fp32"):
+        trdq.realize(sim, gemm="vnni")
+    with pytest.raises(ValueError, match="saturates on 8-bit weights"):
+        trdq.realize(sim, gemm="fbgemm")

@@ -20,6 +20,7 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import nn
 
+from trdq import cpu, kernels
 from trdq.calibrate import Calibration
 from trdq.cfg import BRANCHES, CFGSplitTransformer
 from trdq.config import QuantConfig, TimeGroups
@@ -216,7 +217,7 @@ DEPLOYMENTS = ("per-group", "shared")
 
 
 def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = None, dtype: torch.dtype | None = None,
-            compile: bool = False) -> Model:
+            compile: bool = False, gemm: str | None = None) -> Model:
     """Real integer execution of a quantized model (METHOD.md section 7).
 
     Every simulated :class:`~trdq.layers.QuantLinear` becomes a real integer layer: int8 GEMMs
@@ -239,14 +240,21 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
             through ``torch.compile`` as fused loops (:func:`trdq.layers.compiled_quantized_linear`),
             and block-rotation transforms too (:func:`trdq.rotation.compiled_rotate_rows`, static
             shapes); a model's first step compiles.
+        gemm: the int8 GEMM on the CPU, a name of :data:`trdq.kernels.GEMMS`; None picks the
+            fastest exact one for this CPU and each layer's weight bits (:func:`trdq.cpu.int8_gemm`:
+            ``torch._int_mm`` with VNNI or AMX, else fbgemm for weights of up to 7 bits, else
+            fp32 GEMMs over exact K chunks). Off the CPU, ``torch._int_mm`` runs.
 
     Returns:
         The same kind of object as ``qmodel``, labelled ``"real integer"``.
 
     Raises:
         ValueError: for a model that is not a simulated quantized one, grouped weights, an unknown
-            deployment, or ``shared`` without ``base``.
+            deployment or GEMM, or ``shared`` without ``base``.
     """
+    if gemm is not None and gemm not in kernels.GEMMS:
+        raise ValueError(f"unknown int8 GEMM {gemm!r}; choose one of {', '.join(kernels.GEMMS)}, or None for "
+                         "this machine's fastest exact one")
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"unknown deployment {deployment!r}; choose one of {', '.join(DEPLOYMENTS)}")
     if deployment == "shared" and base is None:
@@ -260,16 +268,16 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
     fp = None if base is None else _unwrap(base)[1]
     source = transformer_of(qmodel)
     if isinstance(source, CFGSplitTransformer):  # each branch with its own bits
-        transformer = CFGSplitTransformer(*(_realize_transformer(t, deployment, fp, dtype, compile)
+        transformer = CFGSplitTransformer(*(_realize_transformer(t, deployment, fp, dtype, compile, gemm)
                                             for t in (source.uncond, source.cond)))
         transformer.trdq_info = dataclasses.replace(info, execution=IntLinear.execution)
     else:
-        transformer = _realize_transformer(source, deployment, fp, dtype, compile)
+        transformer = _realize_transformer(source, deployment, fp, dtype, compile, gemm)
     return rewrap(qmodel, transformer)
 
 
 def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | None, dtype: torch.dtype | None,
-                         compile: bool) -> nn.Module:
+                         compile: bool, gemm: str | None) -> nn.Module:
     info = source.trdq_info
     # copy all but the simulated layers' float weights, which the integer layers do not use
     memo = {id(m.weights_fq): None for m in source.modules()
@@ -286,6 +294,7 @@ def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | Non
             layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32) if deployment == "per-group"
                      else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32))
             layer.compiled = compile
+            layer.use_gemm(gemm or cpu.int8_gemm(w_bits))
             replace_module(transformer, name, layer)
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
     if dtype is not None:

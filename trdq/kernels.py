@@ -17,6 +17,8 @@ quantizer's ``[0, 2^b - 1]`` so they fit ``torch.int8`` (the zero point moves wi
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -183,6 +185,84 @@ def int_mm_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.double() @ b.double()).to(torch.int32)
 
 
+def exact_fp32_chunk(max_abs_b: int, max_abs_a: int = 128) -> int:
+    """The longest K over which an fp32 GEMM of integer operands bounded by ``max_abs_a`` and
+    ``max_abs_b`` stays exact: every partial sum is an integer below 2^24, fp32's last exact one."""
+    return max(1, (2**24 - 1) // max(1, max_abs_a * max_abs_b))
+
+
+def int_mm_fp32(a: torch.Tensor, b: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """``a @ b`` for int8 operands through fp32 GEMMs, for CPUs where ``torch._int_mm`` has no fast
+    kernel (it falls back to a plain loop without VNNI, some 70x slower than fp32).
+
+    K is split into chunks of at most ``chunk`` (default :func:`exact_fp32_chunk` of the operands'
+    8-bit bound), so each chunk's product is exact; the chunks' sums are added in fp32, which
+    rounds like the float32 epilogue of :func:`int8_linear` does (one rounding per chunk).
+
+    Args:
+        a: int8 (M, K).
+        b: int8 (K, N).
+        chunk: K per exact fp32 GEMM; pass :func:`exact_fp32_chunk` of the weight codes' bound to
+            take fewer, longer chunks (4-bit codes need no split below K = 16,384).
+
+    Returns:
+        float32 (M, N) holding the integer results (exact while below 2^24 in magnitude).
+    """
+    _check_int_mm_args(a, b)
+    k = a.shape[1]
+    pieces = -(-k // (chunk or exact_fp32_chunk(128)))
+    chunk = -(-k // pieces)  # equal pieces: a short last GEMM runs far below peak
+    af, bf = a.float(), b.float()
+    acc = af[:, :chunk] @ bf[:chunk]
+    for i in range(chunk, k, chunk):
+        acc += af[:, i:i + chunk] @ bf[i:i + chunk]
+    return acc
+
+
+def fbgemm_prepack(w_codes: torch.Tensor):
+    """fbgemm's packed form of int8 weight codes (N, K), scale 1, for :func:`int_mm_fbgemm`.
+
+    Exact only for codes of at most 7 bits (:data:`trdq.cpu.FBGEMM_MAX_W_BITS`): without VNNI,
+    fbgemm adds pairs of unsigned-8-bit x int8 products in saturating int16.
+    """
+    n = w_codes.shape[0]
+    with warnings.catch_warnings():  # torch calls quantized tensors deprecated; fbgemm's op takes only them
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch._make_per_channel_quantized_tensor(w_codes.to(torch.int8).contiguous(),
+                                                     torch.ones(n, dtype=torch.double),
+                                                     torch.zeros(n, dtype=torch.long), 0)
+    return torch.ops.quantized.linear_prepack(q, None)
+
+
+def int_mm_fbgemm(a: torch.Tensor, packed) -> torch.Tensor:
+    """``a @ w_codes.T`` for int8 ``a`` (M, K) and :func:`fbgemm_prepack` ``(w_codes)``, through
+    fbgemm's int8 kernel (AVX2 and up): ``a`` goes in as unsigned codes ``a + 128`` with zero point
+    128, so fbgemm's int32 accumulator is exactly ``a @ w_codes.T``; it returns that as float32."""
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(a.float(), 1.0, 128, packed)
+
+
+GEMMS = ("int_mm", "fbgemm", "fp32")  # the int8 GEMMs int8_linear runs (see trdq.cpu.int8_gemm)
+
+
+def int_gemm(a: torch.Tensor, w_codes: torch.Tensor, gemm: str = "int_mm", prepared=None) -> torch.Tensor:
+    """``a @ w_codes.T`` for int8 activations (M, K) and weight codes (N, K), by ``gemm``.
+
+    Args:
+        gemm: ``"int_mm"`` (int32 result), ``"fbgemm"`` (``prepared`` is :func:`fbgemm_prepack`
+            of ``w_codes``) or ``"fp32"`` (``prepared`` is the K chunk, or None); see :data:`GEMMS`.
+
+    Returns:
+        (M, N): int32 for ``int_mm``, float32 holding the same integers otherwise.
+    """
+    if gemm == "int_mm":
+        return int_mm(a, w_codes.T)
+    if gemm == "fbgemm":
+        return int_mm_fbgemm(a, fbgemm_prepack(w_codes) if prepared is None else prepared)
+    if gemm == "fp32":
+        return int_mm_fp32(a, w_codes.T, prepared)
+    raise ValueError(f"unknown int8 GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
+
+
 # ----------------------------------------------------------------------------- W8A8 / W4A8 linear
 
 
@@ -190,11 +270,13 @@ def int8_linear(
     x_codes: torch.Tensor,
     x_scale: torch.Tensor,
     x_zero: torch.Tensor | None,
-    w_codes: torch.Tensor,
+    w_codes: torch.Tensor | None,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
     w_rowsum: torch.Tensor | None = None,
+    gemm: str = "int_mm",
+    prepared=None,
 ) -> torch.Tensor:
     """Real integer linear ``((x_codes - x_zero) * x_scale) @ (w_codes * w_scale).T + bias``.
 
@@ -205,20 +287,22 @@ def int8_linear(
         x_codes: int8 activation codes (..., K), e.g. from :func:`quantize_per_token_int8`.
         x_scale: per-token scale (..., 1).
         x_zero: per-token integer zero point (..., 1), or None for symmetric activations.
-        w_codes: int8 symmetric weight codes (N, K).
+        w_codes: int8 symmetric weight codes (N, K) (None for ``gemm="fbgemm"``, which multiplies
+            its ``prepared`` copy; then ``w_rowsum`` is needed for asymmetric activations).
         w_scale: per-output-channel scale (N, 1) as :func:`per_channel_params` gives; (N,) works.
         bias: (N,) or None.
         out_dtype: dtype of the result.
         w_rowsum: precomputed :func:`weight_rowsum` (N,) int32; computed here when None.
+        gemm, prepared: which int8 GEMM runs and its prepared weight (see :func:`int_gemm`).
 
     Returns:
         (..., N) in ``out_dtype``.
     """
-    lead, (n, k) = x_codes.shape[:-1], w_codes.shape
-    acc = int_mm(x_codes.reshape(-1, k), w_codes.T)  # (M, N) int32
+    lead, n, k = x_codes.shape[:-1], w_scale.shape[0], x_codes.shape[-1]
+    acc = int_gemm(x_codes.reshape(-1, k), w_codes, gemm, prepared)  # (M, N) int32, or float32 integers
     if x_zero is not None:
         rowsum = weight_rowsum(w_codes) if w_rowsum is None else w_rowsum
-        acc = acc - x_zero.reshape(-1, 1).to(torch.int32) * rowsum.reshape(1, n)
+        acc = acc - x_zero.reshape(-1, 1).to(acc.dtype) * rowsum.reshape(1, n).to(acc.dtype)
     scale = x_scale.reshape(-1, 1).float() * w_scale.reshape(1, n).float()  # (M, N)
     y = acc.float() * scale
     if bias is not None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trdq import kernels, quantizer
+from trdq import cpu, kernels, quantizer
 from trdq.rotation import OnlineRotation, Rotation
 from trdq.timegroups import GroupState
 
@@ -181,14 +181,17 @@ class OnlineTransform:
 
 def quantized_linear(xt: torch.Tensor, w_store: torch.Tensor, w_scale: torch.Tensor, w_rowsum: torch.Tensor,
                      packed: bool, bias: torch.Tensor | None, a_bits: int, a_symmetric: bool,
-                     out_dtype: torch.dtype) -> torch.Tensor:
+                     out_dtype: torch.dtype, gemm: str = "int_mm", prepared=None) -> torch.Tensor:
     """What a real integer layer does after its online transform, as one function: per-token int8
     codes of the transformed activations ``xt`` (computed in float32), the weight codes (unpacked
-    when ``packed``), the int8 GEMM and its dequantizing epilogue; (..., C_in) -> (..., C_out)
+    when ``packed``), the int8 GEMM ``gemm`` (with its ``prepared`` weight, see
+    :func:`trdq.kernels.int_gemm`) and its dequantizing epilogue; (..., C_in) -> (..., C_out)
     in ``out_dtype``. This is what :func:`compiled_quantized_linear` fuses."""
     codes, scale, zero = kernels.quantize_per_token_int8(xt.float(), a_bits, a_symmetric)
-    w_codes = kernels.unpack_int4(w_store) if packed else w_store
-    return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, bias, out_dtype=out_dtype, w_rowsum=w_rowsum)
+    # fbgemm multiplies its own prepared copy of the codes
+    w_codes = None if gemm == "fbgemm" else kernels.unpack_int4(w_store) if packed else w_store
+    return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, bias, out_dtype=out_dtype, w_rowsum=w_rowsum,
+                               gemm=gemm, prepared=prepared)
 
 
 # Largest int32 accumulator (rows x C_out) one CPU call makes. glibc serves blocks above its mmap
@@ -236,6 +239,7 @@ class IntLinear(nn.Module):
 
     execution = "real integer"
     compiled = False  # realize(compile=True) sets it: compiled_quantized_linear(), compiled block rotations
+    gemm = "int_mm"  # the int8 GEMM (trdq.kernels.GEMMS); realize() picks it for the machine (trdq.cpu.int8_gemm)
 
     def __init__(self, w_store: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                  transforms: list[GroupTransform], copy_of_group: list[int], w_bits: int, a_bits: int,
@@ -256,6 +260,7 @@ class IntLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.transforms = [OnlineTransform.of(t, transform_dtype) for t in transforms]
         self.copy_of_group = copy_of_group
+        self.prepared: dict = {}  # stored copy -> what the GEMM needs beyond the codes (see _prepare)
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.in_features, self.out_features = in_features, w_scale.shape[1]
 
@@ -268,7 +273,32 @@ class IntLinear(nn.Module):
         in a plain attribute, which ``nn.Module`` would leave behind)."""
         super()._apply(fn, recurse)
         self.transforms = [t.map(fn) for t in self.transforms]
+        self.prepared = {}  # made again from the moved codes
         return self
+
+    def use_gemm(self, gemm: str) -> IntLinear:
+        """Run the int8 GEMM ``gemm`` (a name of :data:`trdq.kernels.GEMMS`) from now on."""
+        if gemm not in kernels.GEMMS:
+            raise ValueError(f"unknown int8 GEMM {gemm!r}; choose one of {', '.join(kernels.GEMMS)}")
+        if gemm == "fbgemm" and self.w_bits > cpu.FBGEMM_MAX_W_BITS:
+            raise ValueError(f"fbgemm's int8 kernel saturates on {self.w_bits}-bit weights without VNNI; "
+                             f"use it for weights of at most {cpu.FBGEMM_MAX_W_BITS} bits, or gemm='fp32'")
+        self.gemm, self.prepared = gemm, {}
+        return self
+
+    def _prepare(self, copy: int, w_codes: torch.Tensor | None = None):
+        """What :attr:`gemm` needs of stored copy ``copy`` besides its codes, made once and kept
+        in :attr:`prepared` (fbgemm's packed weight; the exact K chunk of the fp32 GEMM)."""
+        if copy not in self.prepared:
+            codes = self._codes(copy) if w_codes is None else w_codes
+            self.prepared[copy] = (kernels.fbgemm_prepack(codes) if self.gemm == "fbgemm"
+                                   else kernels.exact_fp32_chunk(max(1, int(codes.abs().max()))))
+        return self.prepared[copy]
+
+    def prepared_bytes(self) -> int:
+        """Bytes of the GEMM's own weight copies in :attr:`prepared` (fbgemm packs one int8 copy of
+        every stored weight copy it has used), which the tensor buffers do not show."""
+        return sum(self.in_features * self.out_features for p in self.prepared.values() if not isinstance(p, int))
 
     def _codes(self, copy: int) -> torch.Tensor:  # (C_out, C_in) int8
         return kernels.unpack_int4(self.w_store[copy]) if self.packed else self.w_store[copy]
@@ -302,13 +332,16 @@ class IntLinear(nn.Module):
             raise RuntimeError(f"time group {g} but this layer was calibrated with {len(self.transforms)} groups")
         with torch.profiler.record_function(ONLINE_TRANSFORM):  # the benchmark sums its time
             xt = self.transforms[g].apply(x, self.compiled)
-        call = compiled_quantized_linear() if self.compiled else quantized_linear
+        gemm = self.gemm if x.device.type == "cpu" else "int_mm"  # the choice is the CPU's
+        # fbgemm's packed weight is an opaque object that torch.compile does not trace
+        call = compiled_quantized_linear() if self.compiled and gemm != "fbgemm" else quantized_linear
         bias = None if self.bias is None else self.bias.detach()  # a plain tensor: compile keeps its size dynamic
         stored = self._stored(g)
+        prepared = None if gemm == "int_mm" else self._prepare(self.copy_of_group[g])
         rows = xt.reshape(-1, self.in_features)
         step = row_chunk(len(rows), self.out_features, x.device)
-        out = [call(rows[i:i + step], *stored, self.packed, bias, self.a_bits, self.a_symmetric, x.dtype)
-               for i in range(0, len(rows), step)]
+        out = [call(rows[i:i + step], *stored, self.packed, bias, self.a_bits, self.a_symmetric, x.dtype,
+                    gemm, prepared) for i in range(0, len(rows), step)]
         return (out[0] if len(out) == 1 else torch.cat(out)).reshape(*x.shape[:-1], self.out_features)
 
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -320,7 +353,7 @@ class IntLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"
                 f"{' packed' if self.packed else ''}, a_bits={self.a_bits}, groups={len(self.transforms)}, "
-                f"weight copies={self.w_store.shape[0]}, {self.execution}")
+                f"weight copies={self.w_store.shape[0]}, gemm={self.gemm}, {self.execution}")
 
 
 class SharedIntLinear(IntLinear):
@@ -345,6 +378,7 @@ class SharedIntLinear(IntLinear):
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.out_features, self.in_features = master.shape
         self._active: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.prepared = {}
         self.register_buffer("w_store", torch.empty(0, dtype=torch.int8), persistent=False)  # the active copy
 
     @classmethod
@@ -369,6 +403,9 @@ class SharedIntLinear(IntLinear):
         self._active = None  # rebuilt where the master now lives
         return self
 
+    def _codes(self, copy: int) -> torch.Tensor:  # (C_out, C_in) int8 of the active group
+        return kernels.unpack_int4(self.w_store) if self.packed else self.w_store
+
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._active is None or self._active[0] != g:
             w = self.transforms[g].weight(self.master.float() * self.master_scale)  # (C_out, C_in)
@@ -376,10 +413,11 @@ class SharedIntLinear(IntLinear):
             codes = quantizer.quantize(w, p).to(torch.int8)
             self.w_store = kernels.pack_int4(codes) if self.packed else codes
             self._active = (g, p.scale, kernels.weight_rowsum(codes))
+            self.prepared = {}  # the GEMM's copy of the previous group's codes
         _, scale, rowsum = self._active
         return self.w_store, scale, rowsum
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"
                 f"{' packed' if self.packed else ''}, a_bits={self.a_bits}, groups={len(self.transforms)}, "
-                f"one int8 master + the active group, {self.execution}")
+                f"one int8 master + the active group, gemm={self.gemm}, {self.execution}")
