@@ -69,6 +69,31 @@ def _majority(values: np.ndarray) -> np.ndarray:
     return np.array([np.bincount(v).argmax() for v in rows]).reshape(values.shape[:-1])
 
 
+def _read_frames(clips: np.ndarray, detector: ShapesDetector) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Size, colour and shape read per frame on recentred frames, each (N, frames), with the
+    object centres (N, frames, 2) and areas (N, frames) of :func:`track`."""
+    n, frames = clips.shape[:2]
+    centres, area = track(clips)
+    flat = recentre(clips.reshape(n * frames, *clips.shape[2:]), centres.reshape(n * frames, 2))
+    preds, _ = detector.read(flat)
+    return {name: preds[name].reshape(n, frames) for name in ("size", "color", "shape")}, centres, area
+
+
+def read_clips(clips: np.ndarray, detector: ShapesDetector) -> dict[str, np.ndarray]:
+    """What the evaluator reads in each clip, as :func:`score_clips` decides it.
+
+    Args:
+        clips: uint8 (N, frames, H, W, 3).
+
+    Returns:
+        (N,) class indices: ``size``, ``color`` and ``shape`` into :data:`trdq.shapes.ATTRIBUTES`
+        (majority over frames), ``direction`` into :data:`trdq.motion.DIRECTIONS` (-1 where fewer
+        than two frames show the object).
+    """
+    per_frame, centres, _ = _read_frames(clips, detector)
+    return {**{name: _majority(p) for name, p in per_frame.items()}, "direction": directions(centres)}
+
+
 def score_clips(clips: np.ndarray, scenes: list[motion.MovingScene],
                 detector: ShapesDetector) -> dict[str, float]:
     """Adherence, per-attribute accuracies and temporal consistency of generated clips.
@@ -82,11 +107,8 @@ def score_clips(clips: np.ndarray, scenes: list[motion.MovingScene],
     if len(scenes) == 0 or len(clips) != len(scenes):
         raise ValueError(f"got {len(clips)} clips for {len(scenes)} scenes; "
                          "give one scene per clip (at least one)")
-    n, frames = clips.shape[:2]
-    centres, area = track(clips)
-    flat = recentre(clips.reshape(n * frames, *clips.shape[2:]), centres.reshape(n * frames, 2))
-    preds, _ = detector.read(flat)
-    per_frame = {name: preds[name].reshape(n, frames) for name in ("size", "color", "shape")}
+    n = len(clips)
+    per_frame, centres, area = _read_frames(clips, detector)
     voted = {name: _majority(p) for name, p in per_frame.items()}
     hits = {name: voted[name] == np.array([shapes.ATTRIBUTES[name].index(getattr(s, name)) for s in scenes])
             for name in voted}
