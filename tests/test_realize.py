@@ -60,6 +60,23 @@ def test_real_models_are_not_saved(tiny_pixart, tmp_path):
 
 
 @pytest.mark.parametrize("w_bits", [8, 4])
+def test_jit_deployment_keeps_only_the_master_and_gives_the_shared_images(tiny_pixart_72, w_bits):
+    config = trdq.QuantConfig(w_bits=w_bits, a_bits=8, time_groups=trdq.TimeGroups(2), block_size=32)
+    sim = trdq.quantize(tiny_pixart_72, config, PROMPTS, steps=4)
+    shared = trdq.realize(sim, deployment="shared", base=tiny_pixart_72)
+    jit = trdq.realize(sim, deployment="jit", base=tiny_pixart_72)
+    images_shared = generate(shared, PROMPTS, [0, 1], steps=4)
+    images_jit = generate(jit, PROMPTS, [0, 1], steps=4)
+    assert np.array_equal(images_jit, images_shared)  # the same codes, built at another time
+    layers = [m for m in jit.pipe.transformer.modules() if isinstance(m, SharedIntLinear)]
+    assert len(layers) == 20 and all(not m.keep_active for m in layers)
+    for m in layers:  # between calls: the master, and no codes of any group
+        assert m.w_store.numel() == 0 and not m.prepared
+    with pytest.raises(ValueError, match="pass base="):
+        trdq.realize(sim, deployment="jit")
+
+
+@pytest.mark.parametrize("w_bits", [8, 4])
 def test_shared_deployment_keeps_one_master_and_stays_close(tiny_pixart_72, w_bits):
     config = trdq.QuantConfig(w_bits=w_bits, a_bits=8, time_groups=trdq.TimeGroups(2), block_size=32)
     sim = trdq.quantize(tiny_pixart_72, config, PROMPTS, steps=4)

@@ -213,7 +213,7 @@ def track_quantized(transformer: nn.Module, state: GroupState, info: QuantInfo) 
     transformer.trdq_info, transformer.trdq_hook_id = info, handle.id
 
 
-DEPLOYMENTS = ("per-group", "shared")
+DEPLOYMENTS = ("per-group", "shared", "jit")
 
 
 def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = None, dtype: torch.dtype | None = None,
@@ -229,8 +229,10 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
         deployment: ``per-group`` (option (a): the simulated model's own codes, one stored copy per
             distinct time-group transform; outputs match the simulated path to float32 rounding)
             or ``shared`` (option (b): one int8 master of the FP weight, each group's codes rebuilt
-            from it when the group changes; needs ``base``).
-        base: the full-precision model ``qmodel`` was made from (for ``shared``).
+            from it when the group changes; needs ``base``), or ``jit`` (the same master, the codes
+            rebuilt at every call and dropped after it: weights at rest are one int8 copy at any
+            number of groups; needs ``base``).
+        base: the full-precision model ``qmodel`` was made from (for ``shared`` and ``jit``).
         dtype: run everything but the integer layers (attention, norms, embedders, the final
             layer) in this dtype, e.g. ``torch.bfloat16``; the transformer casts its float inputs
             to it and its output back. None: as ``qmodel`` is. The integer layers apply their online
@@ -250,15 +252,15 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
 
     Raises:
         ValueError: for a model that is not a simulated quantized one, grouped weights, an unknown
-            deployment or GEMM, or ``shared`` without ``base``.
+            deployment or GEMM, or ``shared``/``jit`` without ``base``.
     """
     if gemm is not None and gemm not in kernels.GEMMS:
         raise ValueError(f"unknown int8 GEMM {gemm!r}; choose one of {', '.join(kernels.GEMMS)}, or None for "
                          "this machine's fastest exact one")
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"unknown deployment {deployment!r}; choose one of {', '.join(DEPLOYMENTS)}")
-    if deployment == "shared" and base is None:
-        raise ValueError("deployment='shared' rebuilds every group's weights from an int8 master of the "
+    if deployment != "per-group" and base is None:
+        raise ValueError(f"deployment={deployment!r} rebuilds every group's weights from an int8 master of the "
                          "full-precision weights: pass base=<the FP model the quantized one was made from>")
     info = quant_info(qmodel)
     if info is None or info.execution != EXECUTION:
@@ -292,7 +294,8 @@ def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | Non
             m.state = state
             w_bits = info.config.w_bits
             layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32) if deployment == "per-group"
-                     else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32))
+                     else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32,
+                                                      keep_active=deployment == "shared"))
             layer.compiled = compile
             layer.use_gemm(gemm or cpu.int8_gemm(w_bits))
             replace_module(transformer, name, layer)

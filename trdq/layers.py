@@ -364,7 +364,13 @@ class SharedIntLinear(IntLinear):
     online: ``Q(W_master Delta_g R_g)`` with the factored rotation. Memory is the master plus the
     active group's codes (packed when 4-bit) instead of one copy per group; the price is a
     rebuild at every group switch and the master's 8-bit rounding under the group's codes.
+
+    With ``keep_active=False`` (the ``jit`` deployment) the active codes are built at every call
+    and dropped after it: the weights at rest are the master alone, about one int8 copy whatever
+    the number of groups, for a rebuild per call instead of per group switch.
     """
+
+    keep_active = True
 
     def __init__(self, master: torch.Tensor, master_scale: torch.Tensor, bias: torch.Tensor | None,
                  transforms: list[GroupTransform], w_bits: int, a_bits: int, a_symmetric: bool, state: GroupState,
@@ -383,16 +389,28 @@ class SharedIntLinear(IntLinear):
 
     @classmethod
     def from_weight(cls, layer: QuantLinear, weight: torch.Tensor, w_bits: int,
-                    transform_dtype: torch.dtype = torch.float32) -> SharedIntLinear:
+                    transform_dtype: torch.dtype = torch.float32, keep_active: bool = True) -> SharedIntLinear:
         """Args:
             layer: the simulated layer (for its transforms, bias and activation settings).
             weight: the full-precision weight (C_out, C_in) it was made from.
             transform_dtype: dtype the transforms are kept and applied in (the weight rebuild too).
+            keep_active: keep the active group's codes until the group changes (``shared``), or
+                build them at every call and drop them after it (``jit``).
         """
         p = quantizer.per_channel_params(weight.detach().double(), 8, symmetric=True)
         master = quantizer.quantize(weight.detach().double(), p)
-        return cls(master, p.scale, layer.bias, layer.transforms, w_bits, layer.a_bits, layer.a_symmetric,
-                   layer.state, transform_dtype)
+        shared = cls(master, p.scale, layer.bias, layer.transforms, w_bits, layer.a_bits, layer.a_symmetric,
+                     layer.state, transform_dtype)
+        shared.keep_active = keep_active
+        return shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C_in) -> (..., C_out)
+        try:
+            return super().forward(x)
+        finally:
+            if not self.keep_active:  # jit: nothing but the master stays between calls
+                self._active, self.prepared = None, {}
+                self.w_store = torch.empty(0, dtype=torch.int8, device=self.master.device)
 
     @property
     def packed(self) -> bool:
@@ -420,4 +438,5 @@ class SharedIntLinear(IntLinear):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}"
                 f"{' packed' if self.packed else ''}, a_bits={self.a_bits}, groups={len(self.transforms)}, "
-                f"one int8 master + the active group, gemm={self.gemm}, {self.execution}")
+                f"one int8 master + {'the active group' if self.keep_active else 'codes built per call'}, "
+                f"gemm={self.gemm}, {self.execution}")
