@@ -39,8 +39,12 @@ MEMORY_RULE = ("resident set size of the backend's own worker process, from /pro
 
 
 def _tensors(value, depth: int = 0):
-    """Tensors inside ``value``, through lists, tuples, dicts and dataclasses (not modules)."""
-    if torch.is_tensor(value):
+    """Tensors inside ``value``, through lists, tuples, dicts and dataclasses (not modules); a
+    wrapper tensor subclass (torchao's and optimum-quanto's quantized weights) as its inner tensors."""
+    if torch.is_tensor(value) and hasattr(value, "__tensor_flatten__"):
+        for name in value.__tensor_flatten__()[0]:
+            yield from _tensors(getattr(value, name), depth + 1)
+    elif torch.is_tensor(value):
         yield value
     elif depth > 6:
         return
@@ -143,16 +147,22 @@ def timed(fn: Callable[[], object], warmup: int, repeats: int, scale: float = 1.
     return {"median": statistics.median(times), "min": min(times), "all": times}
 
 
-# what a step's profile is split into: profiler event name -> category (top-level ops; nothing nests)
-PROFILE_OPS = {"aten::scaled_dot_product_attention": "attention", "aten::linear": "float_gemm",
-               "aten::_int_mm": "int8_gemm"}
+# what a step's profile is split into: profiler event name -> category. Eager code calls the
+# wrappers (linear, scaled_dot_product_attention); code compiled as a whole calls the kernels
+# beneath them (addmm, the fused attention), which count only outside a counted event.
+ATTENTION_OPS = ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention",
+                 "aten::_scaled_dot_product_cudnn_attention")
+PROFILE_OPS = {**dict.fromkeys(ATTENTION_OPS, "attention"), "aten::linear": "float_gemm",
+               "aten::addmm": "float_gemm", "aten::mm": "float_gemm", "aten::_int_mm": "int8_gemm"}
 
 
 def profile_step(transformer: nn.Module, inputs: dict, device: str = "cpu") -> dict:
-    """One profiled step, split into attention (``scaled_dot_product_attention``), float GEMMs
-    (``nn.Linear``/``F.linear``, simulated layers included), int8 GEMMs (``torch._int_mm``) and
-    the real path's online transforms (profiler label :data:`trdq.layers.ONLINE_TRANSFORM`),
-    each in ms and as a share of the step's wall time; ``other`` is the rest.
+    """One profiled step, split into attention (``scaled_dot_product_attention`` or its fused
+    kernels), float GEMMs (``nn.Linear``/``F.linear``, ``mm``/``addmm``; simulated layers
+    included), int8 GEMMs (``torch._int_mm``) and the real path's online transforms (profiler
+    label :data:`trdq.layers.ONLINE_TRANSFORM`), each in ms and as a share of the step's wall
+    time; ``other`` is the rest. An op inside another counted one is not counted again.
 
     On cpu the times are CPU time. On cuda they are the device time of the kernels launched
     under each op (the CPU time there would be launch overhead only), against the step's wall
@@ -175,16 +185,14 @@ def profile_step(transformer: nn.Module, inputs: dict, device: str = "cpu") -> d
     names = {**PROFILE_OPS, ONLINE_TRANSFORM: "online_transform"}
     ms = dict.fromkeys(names.values(), 0.0)
     out: dict = {}
+    # host-side events; on cuda each one's device_time_total sums the kernels launched inside it
+    host = [e for e in prof.events() if e.device_type == DeviceType.CPU]
+    for e in host:
+        if e.name in names and not _inside(e, names):
+            ms[names[e.name]] += (e.device_time_total if cuda else e.cpu_time_total) / 1e3
     if not cuda:
-        for e in prof.key_averages():
-            if e.key in names:
-                ms[names[e.key]] += e.cpu_time_total / 1e3
         out["basis"] = "cpu time under each op or label / wall time of the step"
-    else:  # host-side events: each one's device_time_total sums the kernels launched inside it
-        host = [e for e in prof.events() if e.device_type == DeviceType.CPU]
-        for e in host:
-            if e.name in names:
-                ms[names[e.name]] += e.device_time_total / 1e3
+    else:
         busy_ms = sum(k.duration for e in host for k in e.kernels) / 1e3
         out.update(basis="cuda kernel time under each op or label / synchronized wall time of the step",
                    device_busy_ms=round(busy_ms, 3))
@@ -192,6 +200,16 @@ def profile_step(transformer: nn.Module, inputs: dict, device: str = "cpu") -> d
     out.update({f"{k}_ms": round(v, 3) for k, v in ms.items()}, profiled_step_ms=round(step_ms, 2),
                shares={k: round(v / step_ms, 4) for k, v in ms.items()})
     return out
+
+
+def _inside(event, names: dict) -> bool:
+    """Whether a profiler event runs inside one named in ``names``."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in names:
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def online_transform_share(profile: dict) -> dict:
