@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trdq.bench.models import Fitted, build, step_inputs
-from trdq.bench.spec import CALIB_PROMPTS, FULL_PRECISION, MIB, Backend, BenchSpec
+from trdq.bench.models import Fitted, build, mid_timestep, step_inputs
+from trdq.bench.spec import CALIB_PROMPTS, FULL_PRECISION, MIB, REAL, Backend, BenchSpec
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _timings(spec: BenchSpec, built, inputs: dict, execution: str) -> dict:
         e2e = None if spec.bare else timed(lambda: generate(built.model, [prompt], [spec.seed], batch_size=1),
                                            1, spec.e2e_repeats, sync=sync)
         profile = profile_step(built.transformer, inputs, spec.device)
-        online = online_transform_share(profile) if execution == "real integer" else None
+        online = online_transform_share(profile) if execution == REAL and not built.library else None
         sharing = None if spec.share_attention is None else shared_step(spec, built, inputs)
     return {"step_ms": step, "e2e_s_per_image": e2e, "profile": profile, "online_transforms": online,
             "sharing": sharing}
@@ -320,14 +320,15 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
     synchronizer(spec.device)()
     build_s = time.perf_counter() - start
     info = quant_info(built.model)
-    execution = FULL_PRECISION if info is None else info.execution
+    # a peer library's model carries no trdq label: its execution is what the library runs
+    execution = backend.execution if backend.library else FULL_PRECISION if info is None else info.execution
     if execution != backend.execution:
         raise ValueError(f"{backend.name} should run {backend.execution!r}, its model reports {execution!r}")
     _trim()
     peak_build, rss_model = proc_bytes("/proc/self/status", "VmHWM"), proc_bytes("/proc/self/status", "VmRSS")
     cuda_model, peak_cuda_build = gpu.allocated(), gpu.peak(reset=True)
     reset = reset_peak()
-    timestep = built.timesteps[len(built.timesteps) // 2]
+    timestep = mid_timestep(built)
     inputs = step_inputs(built.transformer, built.latent, built.text_tokens, spec.batch, timestep, spec.seed,
                          spec.device)
     log.info("%s (%s) on %s: built in %.1f s; %d warm-up + %d timed steps", backend.name, execution,
@@ -336,9 +337,9 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
     latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
     return {
         "backend": backend.name, "execution": execution, "bits": backend.bits, "device": spec.device,
-        "dtype": spec.real_dtype if execution == "real integer" else backend.dtype,
-        "compiled": spec.compile if execution == "real integer" else False,
-        "deployment": backend.deployment, "status": "ok", **timings,
+        "dtype": spec.real_dtype if execution == REAL else backend.dtype, "compiled": built.compiled,
+        "compile_s": built.compile_s, "library": built.library, "quantized_layers": built.quantized_layers,
+        "note": built.note, "deployment": backend.deployment, "status": "ok", **timings,
         "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),
         "fit_seconds": None if fitted is None else fitted.fit_seconds,
         "rss_baseline_mib": mib(baseline), "rss_model_mib": mib(rss_model),

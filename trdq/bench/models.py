@@ -38,7 +38,16 @@ TIMING_ONLY = ("warmup", "repeats", "e2e_repeats", "threads", "device", "mem_lim
 
 @dataclass
 class Built:
-    """A model ready to time: ``model`` is what quantize/realize take, ``transformer`` its transformer."""
+    """A model ready to time: ``model`` is what quantize/realize take, ``transformer`` its transformer.
+
+    Attributes:
+        compiled: whether it runs through ``torch.compile`` (trdq's real layers, or a whole
+            transformer).
+        library, quantized_layers: a peer's quantizing library (``"name version"``) and how many
+            linear layers it quantized.
+        compile_s: a whole compiled transformer's first step (its compilation), made while building.
+        note: what a reader of its record should know (e.g. a failed compilation, run eager instead).
+    """
 
     model: object
     transformer: nn.Module
@@ -46,6 +55,11 @@ class Built:
     latent: int
     text_tokens: int
     timesteps: list[float]
+    compiled: bool = False
+    library: str | None = None
+    quantized_layers: int | None = None
+    compile_s: float | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,11 @@ def full_precision(spec: BenchSpec, dtype: torch.dtype = torch.float32) -> Built
     return built
 
 
+def mid_timestep(built: Built) -> float:
+    """The timestep of a timed step: the sampler's middle one."""
+    return built.timesteps[len(built.timesteps) // 2]
+
+
 def step_inputs(transformer: nn.Module, latent: int, text_tokens: int, batch: int, timestep: float,
                 seed: int, device: str | torch.device = "cpu") -> dict:
     """Random forward kwargs: a ``latent`` x ``latent`` latent (frames kept), ``text_tokens`` text
@@ -131,7 +150,7 @@ def step_inputs(transformer: nn.Module, latent: int, text_tokens: int, batch: in
             else v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
 
-def _calibration(spec: BenchSpec, built: Built) -> tuple[list, dict]:
+def calibration_data(spec: BenchSpec, built: Built) -> tuple[list, dict]:
     """(calibration data, quantize() keyword arguments) for ``built``."""
     if not spec.bare:
         from trdq.worlds import WORLDS
@@ -185,13 +204,13 @@ def fit(spec: BenchSpec, bits: str, folder: str | Path) -> Fitted:
 
     start = time.perf_counter()
     built = full_precision(spec)
-    data, kwargs = _calibration(spec, built)
+    data, kwargs = calibration_data(spec, built)
     trdq.save(trdq.quantize(built.model, spec.quant_config(bits), data, **kwargs), folder)
     seconds = round(time.perf_counter() - start, 2)
     return Fitted(str(folder), bits, fingerprint(built.transformer), seconds)
 
 
-def _to_device(built: Built, device: str) -> Built:
+def to_device(built: Built, device: str) -> Built:
     """``built`` moved to ``device`` in place: a pipeline whole (text encoder, transformer, VAE)."""
     if device != "cpu":
         (built.model.pipe if hasattr(built.model, "pipe") else built.transformer).to(device)
@@ -200,16 +219,21 @@ def _to_device(built: Built, device: str) -> Built:
 
 def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Built:
     """The model of ``backend`` on ``spec.device``: full precision, or ``fitted`` loaded onto the
-    same FP weights (simulated) and realized (real integer), on the CPU, then moved.
+    same FP weights (simulated) and realized (real integer), on the CPU, then moved; a peer's (a
+    ``-compiled`` or another library's backend) by :func:`trdq.bench.peers.build_peer`.
 
     Raises:
         ValueError: for a quantized backend without a fit, or a fit of other weights or bits.
     """
     import trdq
 
+    if backend.library or backend.compiled:
+        from trdq.bench.peers import build_peer  # peers builds on this module
+
+        return build_peer(spec, backend)
     built = full_precision(spec, getattr(torch, backend.dtype))
     if backend.execution == FULL_PRECISION:
-        return _to_device(built, spec.device)
+        return to_device(built, spec.device)
     if fitted is None or fitted.bits != backend.bits:
         raise ValueError(f"{backend.name} loads a {backend.bits} fit: pass "
                          f"fitted=fit(spec, {backend.bits!r}, folder)")
@@ -222,4 +246,6 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
         q = trdq.realize(q, deployment=backend.deployment, base=base, dtype=getattr(torch, spec.real_dtype),
                          compile=spec.compile)
     transformer = q.pipe.transformer if hasattr(q, "pipe") else q
-    return _to_device(dataclasses.replace(built, model=q, transformer=transformer), spec.device)
+    built = dataclasses.replace(built, model=q, transformer=transformer,
+                                compiled=spec.compile and backend.execution == REAL)
+    return to_device(built, spec.device)

@@ -14,17 +14,30 @@ import torch
 from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, proc_bytes
 from trdq.bench.spec import BENCH_ALPHA, MIB, BenchSpec
 
-BASELINES = ("fp32", "bf16", "fp16")
-RATIO_RULE = ("vs_fp32 / vs_bf16 / vs_fp16: this backend's value divided by that baseline's from the same "
-              "run (below 1: smaller or faster); null when the run has no such baseline")
+BASELINES = ("fp32", "bf16", "fp16", "bf16-compiled")
+RATIO_RULE = ("vs_fp32 / vs_bf16 / vs_fp16 / vs_bf16_compiled: this backend's value divided by that "
+              "baseline's from the same run (below 1: smaller or faster); null when the run has no such "
+              "baseline")
 FITTING_NOTE = ("each quantized configuration (bits; groups, alpha and rotation as in `quantization`) is "
                 "calibrated and quantized (simulated) once per run, in one preparation worker, and saved "
                 "with trdq.save; the timing worker of every backend with those bits builds the same "
                 "full-precision model (same seed or checkpoint, checked by a weight fingerprint), "
                 "trdq.load()s the fit onto it (no calibration) and, for a real backend, trdq.realize()s "
                 "it. fit_seconds: building the FP model, calibrating, quantizing and saving, in the "
-                "preparation worker (the first run's when reused from the cache); a timing worker's "
-                "build_s has no calibration in it")
+                "preparation worker (the first run's when reused from the cache); a trdq backend's timing "
+                "worker's build_s has no calibration in it (a peer's has its library's quantization, "
+                "and quanto's calibration)")
+
+
+PEER_RULE = ("peers: fp32/bf16/fp16-compiled run the whole full-precision transformer under torch.compile; "
+             "torchao-w8a8 (torchao's Int8DynamicActivationInt8WeightConfig via quantize_: per-channel int8 "
+             "weights, dynamic per-token int8 activations) and quanto-w8a8 (optimum-quanto's quantize with "
+             "qint8 weights and activations, calibrated with its Calibration on the inputs the trdq fits "
+             "calibrate on, then frozen: static per-tensor activation scales) quantize exactly the layers "
+             "trdq quantizes, in their own timing worker (in build_s), their other parts in the real "
+             "backends' dtype, and run int8 x int8 GEMMs; they compile when the run compiles (--compile), "
+             "eagerly with a note where compiling fails. A whole-model compiled backend's first step "
+             "compiles, in build_s, timed alone as compile_s; library names the peer's library and version")
 
 
 def machine(threads: int, device: str = "cpu") -> dict:
@@ -75,7 +88,7 @@ def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: di
     setups = [r.pop("setup") for r in results if "setup" in r]
     by_name = {r["backend"]: r for r in results}
     for r in results:
-        r.update({f"vs_{base}": _ratios(r, by_name.get(base)) for base in BASELINES})
+        r.update({f"vs_{base.replace('-', '_')}": _ratios(r, by_name.get(base)) for base in BASELINES})
     setup = setups[0] if setups else None
     return {
         "benchmark": "python -m trdq bench", "model": spec.model,
@@ -91,7 +104,7 @@ def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: di
                          "rotation": spec.rotation, "select_transforms": False},
         "calibration": spec.calibration_note(),
         "fitting": {"note": FITTING_NOTE, **fitting},
-        "rules": {"weight_bytes": WEIGHT_RULE, "memory": MEMORY_RULE, "ratios": RATIO_RULE},
+        "rules": {"weight_bytes": WEIGHT_RULE, "memory": MEMORY_RULE, "ratios": RATIO_RULE, "peers": PEER_RULE},
         "machine": machine(spec.num_threads, spec.device), "results": results,
     }
 
@@ -101,7 +114,9 @@ def summary(result: dict) -> str:
     if result["status"] != "ok":
         return f"{result['backend']}: {result['status']}: {result['error']}"
     step, e2e = result["step_ms"], result["e2e_s_per_image"]
-    return (f"{result['backend']} ({result['execution']}): step {step['median']:.1f} ms "
+    how = ", ".join(filter(None, [result["execution"], result.get("library"),
+                                  "compiled" if result.get("compiled") else None]))
+    return (f"{result['backend']} ({how}): step {step['median']:.1f} ms "
             f"(min {step['min']:.1f})" + (f", {e2e['median']:.2f} s/image" if e2e else "")
             + f", weights {result['weight_bytes']['total'] / MIB:.1f} MiB"
             + f", peak RSS {result['peak_rss_mib']} MiB"

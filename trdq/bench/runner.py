@@ -118,10 +118,10 @@ def _cache_folder(cache: str | Path | None, keep: bool) -> Iterator[Path]:
 
 def _fit_all(spec: BenchSpec, backends: Sequence[Backend], cache: Path,
              isolate: bool) -> dict[str, Fitted | FitError]:
-    """One fit per distinct bits among ``backends`` (the rest of the config is the spec's)."""
+    """One fit per distinct bits among ``backends`` that load one (the rest of the config is the spec's)."""
     fits: dict[str, Fitted | FitError] = {}
-    for bits in dict.fromkeys(b.bits for b in backends if b.bits):
-        names = [b.name for b in backends if b.bits == bits]
+    for bits in dict.fromkeys(b.bits for b in backends if b.needs_fit):
+        names = [b.name for b in backends if b.needs_fit and b.bits == bits]
         try:
             fits[bits] = fitted = prepare(spec, bits, cache, isolate)
             log.info("%s for %s: %s in %.1f s", bits, ", ".join(names),
@@ -164,11 +164,12 @@ def run(spec: BenchSpec, backends: Sequence[Backend], isolate: bool = True,
     with _cache_folder(cache, keep_cache) as folder:
         fits = _fit_all(spec, backends, folder, isolate)
         for i, backend in enumerate(backends):
-            results.append(_measure(spec, backend, fits.get(backend.bits), isolate))
+            fitted = fits.get(backend.bits) if backend.needs_fit else None
+            results.append(_measure(spec, backend, fitted, isolate))
             if progress is not None:
                 progress(i + 1, len(backends), results[-1])
     fitting = {"cache": str(folder) if cache is not None or keep_cache else None, "fits": [
-        {"bits": bits, "backends": [b.name for b in backends if b.bits == bits],
+        {"bits": bits, "backends": [b.name for b in backends if b.needs_fit and b.bits == bits],
          **({"status": "error", "error": str(f)} if isinstance(f, FitError) else
             {"status": "ok", "key": Path(f.folder).name, "fit_seconds": f.fit_seconds, "reused": f.reused})}
         for bits, f in fits.items()]}

@@ -15,6 +15,10 @@ from trdq.config import ROTATIONS, QuantConfig, TimeGroups, parse_bits
 FULL_PRECISION, SIMULATED, REAL = "full precision", "simulated", "real integer"
 DEFAULT_BACKENDS = ("fp32", "bf16", "trdq-w8a8-sim", "trdq-w8a8-real", "trdq-w4a8-real")
 FULL_PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# what a user would run instead of trdq (trdq.bench.peers): the distribution that quantizes each
+# one, on the layers trdq quantizes; both multiply int8 by int8 (torch._int_mm on CPU)
+PEER_LIBRARIES = {"torchao-w8a8": "torchao", "quanto-w8a8": "optimum-quanto"}
+COMPILED_SUFFIX = "-compiled"
 DEVICES = ("cpu", "cuda")
 REAL_DTYPES = ("bfloat16", "float16", "float32")
 BENCH_ALPHA = 0.5
@@ -49,24 +53,41 @@ RANDOM_MODELS = {
 
 @dataclass(frozen=True)
 class Backend:
-    """One way to run the model: dtype, bits and execution (and the real path's deployment)."""
+    """One way to run the model: dtype, bits and execution (and the real path's deployment).
+
+    Attributes:
+        library: the distribution that quantizes a peer (``torchao``, ``optimum-quanto``; its
+            float parts run in ``BenchSpec.real_dtype`` like trdq's real backends); None for
+            trdq's own backends and plain torch.
+        compiled: a full-precision backend whose whole transformer runs under ``torch.compile``.
+    """
 
     name: str
     dtype: str = "float32"
     bits: str | None = None
     execution: str = FULL_PRECISION
     deployment: str | None = None
+    library: str | None = None
+    compiled: bool = False
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether this backend loads a trdq fit (a peer library quantizes by itself)."""
+        return self.bits is not None and self.library is None
 
 
 def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-group",)) -> list[Backend]:
     """Backend names -> :class:`Backend`. A real backend without a ``-per-group``/``-shared`` suffix
-    runs once per deployment (suffixed when there are several); duplicates run once.
+    runs once per deployment (suffixed when there are several); duplicates run once. ``fp32``,
+    ``bf16`` and ``fp16`` with a ``-compiled`` suffix run under ``torch.compile``; the peers
+    (:data:`PEER_LIBRARIES`) are W8A8 by other libraries (:mod:`trdq.bench.peers`).
 
     Raises:
         ValueError: for an unknown name or deployment, naming what is accepted.
     """
-    hint = ("use fp32, bf16, fp16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared], "
-            f"e.g. {','.join(DEFAULT_BACKENDS)}")
+    compiled = [f"{fp}{COMPILED_SUFFIX}" for fp in FULL_PRECISION_DTYPES]
+    hint = (f"use {', '.join([*FULL_PRECISION_DTYPES, *compiled, *PEER_LIBRARIES])}, trdq-wXaY-sim, "
+            f"trdq-wXaY-real[-per-group|-shared], e.g. {','.join(DEFAULT_BACKENDS)}")
     bad = [d for d in deployments if d not in DEPLOYMENTS]
     if bad or not deployments:
         raise ValueError(f"unknown deployment(s) {bad or list(deployments)}; "
@@ -74,8 +95,14 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
     out: list[Backend] = []
     for name in names:
         m = re.fullmatch(r"trdq-(w\d+a\d+)-(sim|real)(?:-(per-group|shared))?", name)
-        if name in FULL_PRECISION_DTYPES:
-            out.append(Backend(name, FULL_PRECISION_DTYPES[name]))
+        fp = name.removesuffix(COMPILED_SUFFIX)
+        if fp in FULL_PRECISION_DTYPES:
+            out.append(Backend(name, FULL_PRECISION_DTYPES[fp], compiled=fp != name))
+        elif name in PEER_LIBRARIES:
+            out.append(Backend(name, bits="w8a8", execution=REAL, library=PEER_LIBRARIES[name]))
+        elif re.fullmatch(r"(torchao|quanto)(-.*)?", name):
+            raise ValueError(f"unknown backend {name!r}: the peers are {' and '.join(PEER_LIBRARIES)} "
+                             "(W8A8 only, their float parts in --real-dtype)")
         elif m is None or (m.group(2) == "sim" and m.group(3)):
             raise ValueError(f"unknown backend {name!r}; {hint}")
         elif m.group(2) == "sim":
@@ -115,7 +142,9 @@ class BenchSpec:
             like the bf16 baseline, "float16", like fp16, or "float32"; :func:`trdq.realize`'s
             ``dtype``). None: float16 on cuda (what GPU inference runs in), bfloat16 on cpu.
         compile: run real backends' activation quantization, int8 GEMM and dequantization through
-            ``torch.compile`` (fused loops), block-rotation transforms too (:func:`trdq.realize`).
+            ``torch.compile`` (fused loops), block-rotation transforms too (:func:`trdq.realize`);
+            and the peers' whole transformers (eager where their compilation fails). A
+            ``-compiled`` full-precision backend compiles whatever this says.
         share_attention: also time each step with Attention-Sharing in the layers this rule picks
             (:meth:`trdq.attention.ShareRule.parse`: ``2`` layers, ``"0.9"`` cosine, ``"25%"`` of
             the uncond score compute); None or 0: not measured.
