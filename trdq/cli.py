@@ -75,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pixart-xl-random or latte-random (published configs, random weights, no download), "
                          "shapes-t2i, or a diffusers pipeline folder / hub id")
     be.add_argument("--backends", default=None,
-                    help="comma list of fp32, bf16, fp16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared], "
+                    help="comma list of fp32, bf16, fp16, trdq-wXaY-sim, trdq-wXaY-real[-per-group|-shared|-jit], "
                          "and the peers: fp32-compiled, bf16-compiled, fp16-compiled (the whole model under "
                          "torch.compile), torchao-w8a8 (torchao Int8DynamicActivationInt8WeightConfig), "
                          "quanto-w8a8 (optimum-quanto qint8 weights and activations, calibrated), both on "
                          "the layers trdq quantizes, in --real-dtype "
                          "(default: fp32,bf16,trdq-w8a8-sim,trdq-w8a8-real,trdq-w4a8-real)")
     be.add_argument("--deployment", default="per-group",
-                    help="deployment(s) of real backends without a suffix: per-group, shared, or both")
+                    help="deployment(s) of real backends without a suffix, a comma list of per-group, shared, jit")
     be.add_argument("--resolution", type=int, default=None,
                     help="image side in pixels for the random models (default 512; latent = px / 8)")
     be.add_argument("--layers", type=int, default=None, help="a random model's block count (for smoke runs)")
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rotation of the quantized backends: " + ", ".join(ROTATIONS))
     be.add_argument("--real-dtype", default=None, choices=("bfloat16", "float16", "float32"),
                     help="dtype of everything outside the integer layers of the real backends and the "
-                         "torchao/quanto peers (default: float16 on cuda, bfloat16 on cpu)")
+                         "torchao/quanto peers (default: float16 on cuda; on cpu bfloat16 where it is native, "
+                         "else float32)")
     be.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="real backends: fuse each integer layer's transform, quantization and "
                          "dequantization with torch.compile (the first steps compile); torchao-w8a8 and "

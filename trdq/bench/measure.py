@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 WEIGHT_RULE = ("bytes of every distinct tensor storage the transformer holds after the timed steps: "
                "parameters, buffers (persistent or not) and tensors kept in module attributes (per-group "
                "transforms, cached rotation matrices); a simulated layer's float weights_fq copies count, "
-               "which is why the simulated path saves no memory")
+               "which is why the simulated path saves no memory; fbgemm's packed int8 weight copies (the "
+               "int8 GEMM of CPUs without VNNI) count as fbgemm_packed")
 MEMORY_RULE = ("resident set size of the backend's own worker process, from /proc/self/status: "
                "rss_baseline after imports; rss_model once built (FP sources freed, malloc trimmed); "
                "peak_rss = VmHWM over warm-up and timing (the high-water mark, reset once the model is "
@@ -75,6 +76,8 @@ def weight_bytes(module: nn.Module) -> dict[str, int]:
                 seen.add(storage.data_ptr())
                 name = str(t.dtype).removeprefix("torch.")
                 out[name] = out.get(name, 0) + storage.nbytes()
+        if packed := getattr(m, "prepared_bytes", lambda: 0)():  # fbgemm's own int8 copies (not tensors)
+            out["fbgemm_packed"] = out.get("fbgemm_packed", 0) + packed
     return {**dict(sorted(out.items())), "total": sum(out.values())}
 
 
@@ -172,6 +175,7 @@ def profile_step(transformer: nn.Module, inputs: dict, device: str = "cpu") -> d
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
 
+    from trdq.kernels import INT8_GEMM
     from trdq.layers import ONLINE_TRANSFORM
 
     cuda, sync = device == "cuda", synchronizer(device)
@@ -182,7 +186,7 @@ def profile_step(transformer: nn.Module, inputs: dict, device: str = "cpu") -> d
         transformer(**inputs)
         sync()
         step_ms = (time.perf_counter() - start) * 1e3
-    names = {**PROFILE_OPS, ONLINE_TRANSFORM: "online_transform"}
+    names = {**PROFILE_OPS, ONLINE_TRANSFORM: "online_transform", INT8_GEMM: "int8_gemm"}
     ms = dict.fromkeys(names.values(), 0.0)
     out: dict = {}
     # host-side events; on cuda each one's device_time_total sums the kernels launched inside it
@@ -300,6 +304,15 @@ def _timings(spec: BenchSpec, built, inputs: dict, execution: str) -> dict:
             "sharing": sharing}
 
 
+def int8_gemms(transformer: nn.Module) -> str | None:
+    """The int8 GEMM(s) trdq's real layers of ``transformer`` run (``trdq.kernels.GEMMS``, e.g.
+    ``"fbgemm+fp32"`` where the CFG branches differ in bits), or None without such layers."""
+    from trdq.layers import IntLinear
+
+    names = sorted({m.gemm for m in transformer.modules() if isinstance(m, IntLinear)})
+    return "+".join(names) or None
+
+
 def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> dict:
     """Build ``backend``'s model in this process (a quantized one from ``fitted``), move it to
     ``spec.device`` and measure it (see :mod:`trdq.bench`).
@@ -339,7 +352,8 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         "backend": backend.name, "execution": execution, "bits": backend.bits, "device": spec.device,
         "dtype": spec.real_dtype if execution == REAL else backend.dtype, "compiled": built.compiled,
         "compile_s": built.compile_s, "library": built.library, "quantized_layers": built.quantized_layers,
-        "note": built.note, "deployment": backend.deployment, "status": "ok", **timings,
+        "note": built.note, "deployment": backend.deployment, "gemm": int8_gemms(built.transformer),
+        "status": "ok", **timings,
         "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),
         "fit_seconds": None if fitted is None else fitted.fit_seconds,
         "rss_baseline_mib": mib(baseline), "rss_model_mib": mib(rss_model),

@@ -13,6 +13,7 @@ import torch
 
 from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, proc_bytes
 from trdq.bench.spec import BENCH_ALPHA, MIB, BenchSpec
+from trdq.cpu import cpu_info
 
 BASELINES = ("fp32", "bf16", "fp16", "bf16-compiled")
 RATIO_RULE = ("vs_fp32 / vs_bf16 / vs_fp16 / vs_bf16_compiled: this backend's value divided by that "
@@ -53,6 +54,7 @@ def machine(threads: int, device: str = "cpu") -> dict:
     total = proc_bytes("/proc/meminfo", "MemTotal")
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_class": cpu_info().cpu_class, "int8_dot": cpu_info().int8_dot, "native_bf16": cpu_info().native_bf16,
             "memory_gib": None if total is None else round(total / 2**30, 1), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

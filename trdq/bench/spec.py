@@ -11,6 +11,7 @@ import torch
 
 from trdq.api import DEPLOYMENTS
 from trdq.config import ROTATIONS, QuantConfig, TimeGroups, parse_bits
+from trdq.cpu import float_dtype
 
 FULL_PRECISION, SIMULATED, REAL = "full precision", "simulated", "real integer"
 DEFAULT_BACKENDS = ("fp32", "bf16", "trdq-w8a8-sim", "trdq-w8a8-real", "trdq-w4a8-real")
@@ -87,14 +88,14 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
     """
     compiled = [f"{fp}{COMPILED_SUFFIX}" for fp in FULL_PRECISION_DTYPES]
     hint = (f"use {', '.join([*FULL_PRECISION_DTYPES, *compiled, *PEER_LIBRARIES])}, trdq-wXaY-sim, "
-            f"trdq-wXaY-real[-per-group|-shared], e.g. {','.join(DEFAULT_BACKENDS)}")
+            f"trdq-wXaY-real[-per-group|-shared|-jit], e.g. {','.join(DEFAULT_BACKENDS)}")
     bad = [d for d in deployments if d not in DEPLOYMENTS]
     if bad or not deployments:
         raise ValueError(f"unknown deployment(s) {bad or list(deployments)}; "
                          f"choose from {', '.join(DEPLOYMENTS)}")
     out: list[Backend] = []
     for name in names:
-        m = re.fullmatch(r"trdq-(w\d+a\d+)-(sim|real)(?:-(per-group|shared))?", name)
+        m = re.fullmatch(rf"trdq-(w\d+a\d+)-(sim|real)(?:-({'|'.join(DEPLOYMENTS)}))?", name)
         fp = name.removesuffix(COMPILED_SUFFIX)
         if fp in FULL_PRECISION_DTYPES:
             out.append(Backend(name, FULL_PRECISION_DTYPES[fp], compiled=fp != name))
@@ -140,7 +141,8 @@ class BenchSpec:
         groups, rotation: time groups and rotation of the quantized backends.
         real_dtype: dtype of everything outside the integer layers of real backends ("bfloat16",
             like the bf16 baseline, "float16", like fp16, or "float32"; :func:`trdq.realize`'s
-            ``dtype``). None: float16 on cuda (what GPU inference runs in), bfloat16 on cpu.
+            ``dtype``). None: float16 on cuda (what GPU inference runs in); on cpu bfloat16 where
+            the CPU has native bf16, else float32 (:func:`trdq.cpu.float_dtype`).
         compile: run real backends' activation quantization, int8 GEMM and dequantization through
             ``torch.compile`` (fused loops), block-rotation transforms too (:func:`trdq.realize`);
             and the peers' whole transformers (eager where their compilation fails). A
@@ -191,7 +193,8 @@ class BenchSpec:
                              f"patch 2), got {self.resolution}")
         self._check_device()
         if self.real_dtype is None:
-            object.__setattr__(self, "real_dtype", "float16" if self.device == "cuda" else "bfloat16")
+            dtype = "float16" if self.device == "cuda" else str(float_dtype("cpu")).removeprefix("torch.")
+            object.__setattr__(self, "real_dtype", dtype)
         if self.real_dtype not in REAL_DTYPES:
             raise ValueError(f"real_dtype is one of {', '.join(REAL_DTYPES)}, got {self.real_dtype!r}")
         if self.rotation not in ROTATIONS:
