@@ -170,6 +170,18 @@ def _step_split(profile: dict | None, result: dict | None = None) -> str:
                       for k in ("attention", "float_gemm", "int8_gemm", "online_transform"))
 
 
+def _cpu_class(machine: dict) -> str:
+    """`` (AVX2 (no VNNI, no BF16))`` for reports that record the CPU class, else nothing."""
+    return f" ({machine['cpu_class']})" if machine.get("cpu_class") else ""
+
+
+def _execution(r: dict) -> str:
+    """The execution label, with the int8 GEMM a real backend ran or the peer library."""
+    if r.get("library"):
+        return f"{r['execution']} ({r['library']})"
+    return f"{r['execution']} ({r['gemm']})" if r.get("gemm") else r["execution"]
+
+
 def bench_table(path: Path) -> str:
     """Per backend: transformer step latency, image latency, weight bytes and memory, with the
     setup and machine of the run above the table (``python -m trdq bench``)."""
@@ -186,7 +198,7 @@ def bench_table(path: Path) -> str:
             f"{report['batch']} at t={setup['timestep']:g}; median of {report['repeats']} steps after "
             f"{report['warmup']} warm-up. "
             + (f"{m['gpu']} (CUDA {m['cuda']}), " if report.get("device") == "cuda"
-               else f"{m['cpu']}, {m['usable_cores']} cores, threads {m['threads']}, ")
+               else f"{m['cpu']}{_cpu_class(m)}, {m['usable_cores']} cores, threads {m['threads']}, ")
             + f"torch {m['torch']}, {m['date'][:10]}.")
     spec = report["spec"]
     if any(r.get("execution") == "real integer" for r in report["results"]) and "real_dtype" in spec:
@@ -202,7 +214,7 @@ def bench_table(path: Path) -> str:
             continue
         e2e = r["e2e_s_per_image"]
         rows.append({
-            "backend": r["backend"], "execution": r["execution"],
+            "backend": r["backend"], "execution": _execution(r),
             "step (ms)": f"{r['step_ms']['median']:.1f}", "step vs fp32": ratio(r, "fp32", "step"),
             "step vs bf16": ratio(r, "bf16", "step"),
             **({"step vs fp16": ratio(r, "fp16", "step")} if has_fp16 else {}),
@@ -244,6 +256,7 @@ TABLES = {
     "bench-shapes": (RESULTS / "bench-shapes-t2i.json", bench_table),
     "bench-video": (RESULTS / "bench-shapes-t2v.json", bench_table),
     "bench-cuda": (RESULTS / "bench-pixart-xl-random-512-cuda.json", bench_table),
+    "bench-avx2": (RESULTS / "bench-pixart-xl-random-512-avx2.json", bench_table),
     "layer-timing-cuda": (RESULTS / "layer-timing-cuda.json", layer_timing_table),
     "video-quality": (RESULTS / "shapes-t2v-fp.json", clip_quality_table),
     "video-quantized": (RESULTS / "shapes-t2v-sharing.json", clip_quality_table),

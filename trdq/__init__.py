@@ -10,12 +10,20 @@
 execution (int8 GEMMs, packed 4-bit weights). Results say which.
 """
 
-from trdq.api import calibrate, convert, prepare, quantize, realize
-from trdq.config import QuantConfig, TimeGroups
-from trdq.models.adapters import UnsupportedArchitectureError
-from trdq.models.loader import LoadedModel, ModelSettings, load_model
-from trdq.sampling import generate
-from trdq.serialization import load, save
+import logging
+
+# With torchao installed (a benchmark peer), `import diffusers` imports it, and on a CPU-only
+# torch that logs warnings about its CUDA kernels, its torch.compile enums and a layout diffusers
+# 0.42 looks for; none of them concerns trdq, and they would greet every command and the app.
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+from trdq.api import calibrate, convert, prepare, quantize, realize  # noqa: E402
+from trdq.config import QuantConfig, TimeGroups  # noqa: E402
+from trdq.models.adapters import UnsupportedArchitectureError  # noqa: E402
+from trdq.models.loader import LoadedModel, ModelSettings, load_model  # noqa: E402
+from trdq.sampling import generate  # noqa: E402
+from trdq.serialization import load, save  # noqa: E402
 
 __all__ = [
     "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "convert", "generate",
