@@ -1,4 +1,4 @@
-"""``python -m analysis outliers|readme|report|screenshots``."""
+"""``python -m analysis outliers|readme|report|similarity|app-timing|screenshots|examples``."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     timing = sub.add_parser("app-timing", help="time `import app` and the first default comparison")
     timing.add_argument("--threads", type=int, default=None)
     timing.add_argument("--json", type=Path, default=Path("assets/results/app-timing.json"))
+    examples = sub.add_parser("examples", help="precompute the app's first answers into assets/examples")
+    examples.add_argument("--model", default="shapes-t2i,shapes-t2v", help="comma list of embedded models")
+    examples.add_argument("--out", type=Path, default=None, help="default: assets/examples")
     shots = sub.add_parser("screenshots", help="screenshot every tab of the app in headless chromium")
     shots.add_argument("--out", type=Path, default=Path("assets/screenshots"))
     args = parser.parse_args(argv)
@@ -72,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.screenshots import take
 
         take(args.out)
+    elif args.command == "examples":
+        import time
+
+        from analysis.examples import EXAMPLES_DIR, build
+
+        for name in [m.strip() for m in args.model.split(",") if m.strip()]:
+            t0 = time.perf_counter()
+            written = build(name, args.out or EXAMPLES_DIR)
+            log.info("%s: %s in %.0f s", name, ", ".join(str(p) for p in written), time.perf_counter() - t0)
     elif args.command == "report":
         from analysis.report_cli import run
 
