@@ -1,19 +1,23 @@
-"""trdq app: full-precision and TR-DQ (or baseline) models side by side, and why they differ.
+"""trdq app: full-precision and quantized models side by side, and why they differ.
 
 Run ``python app.py`` and open the printed address. Tabs:
 
-- **Compare**: FP and quantized outputs (images, or clips of the video model) from the same seed,
-  each with latency, peak memory, weight size and closeness to FP, labelled "simulated" (fake
-  quantization in floating point) or "real integer" (int8 GEMMs, packed 4-bit weights).
+- **Compare**: FP and up to four quantized configurations (method and bits each) from the same
+  seed, in a grid: each output with an amplified error map |Q - FP|, PSNR/SSIM against FP, what
+  the shapes detector reads in it (marked right or wrong against the prompt), latency, peak
+  memory and weight size, labelled "simulated" (fake quantization in floating point) or "real
+  integer" (int8 GEMMs, packed 4-bit weights). The page opens on a precomputed grid.
 - **Quantize**: method, bits, time groups, alpha_g per group (searched or set), rotation, CFG
-  split and Attention-Sharing; calibrates once per configuration and caches the result.
+  split, Attention-Sharing and execution. Method and bits make the configuration the Distributions
+  and Trajectory tabs analyse; the rest of the recipe applies to every Compare slot too.
 - **Distributions**: a layer's activations and weights before and after smoothing and rotation,
   per time group.
 - **Trajectory**: the per-step noise-prediction error against FP, shaded by time group, and the
   cond/uncond attention similarity per layer and step.
 - **Benchmark**: the measured latency and memory of ``python -m trdq bench``.
 
-Handlers are plain functions of the UI values (tested directly); errors become ``gr.Error``.
+Handlers are plain functions of the UI values (tested directly); errors become ``gr.Error``. The
+maths and the shipped answers live in :mod:`analysis.compare` and :mod:`analysis.examples`.
 """
 
 from __future__ import annotations
@@ -30,25 +34,22 @@ import pandas as pd
 import plotly.graph_objects as go
 
 import trdq
+from analysis import compare as grid
+from analysis import examples as shipped
+from analysis.compare import CALIBRATION, DEFAULT_SLOTS
 from trdq.config import METHODS, ROTATIONS, parse_bits
-from trdq.eval.metrics import psnr, ssim
 from trdq.models.loader import EMBEDDED
 from trdq.worlds import world
 
 MODELS = {"shapes-t2i (image, PixArt)": "shapes-t2i", "shapes-t2v (video, Latte)": "shapes-t2v"}
 AVAILABLE = [label for label, name in MODELS.items() if (EMBEDDED[name] / "model_index.json").exists()]
-BITS = ["w8a8", "w6a6", "w4a8", "w4a4"]
+# Any WxAy with both widths in 2..8 runs (type it); these are offered.
+BITS = ["w8a8", "w6a6", "w4a8", "w4a6", "w4a4", "w3a8", "w3a4", "w4a3", "w3a3", "w2a8", "w2a4", "w2a3"]
+SLOT_METHODS = ["off", *METHODS]
 MAX_GROUPS = 8  # alpha sliders shown; more groups than this are searched or take one alpha
-CALIBRATION = {"shapes-t2i": 8, "shapes-t2v": 4}  # prompts per calibration (video costs 8 frames each)
-ANALYSIS_PROMPTS = 2
 DISPLAY_SCALE = 4  # the embedded models draw 64x64; shown at 256x256
 RESULTS = Path(__file__).resolve().parent / "assets" / "results"
-EXAMPLES = {
-    "shapes-t2i": ["a large red circle in the center", "a small blue square on the left",
-                   "a large yellow star at the top", "a small purple triangle at the bottom"],
-    "shapes-t2v": ["a large green star moving right", "a small red circle moving up",
-                   "a large blue square moving left", "a small orange triangle moving down"],
-}
+EXAMPLES = shipped.PROMPTS
 EXECUTIONS = {"simulated": None, "real integer (per-group weights)": "per-group",
               "real integer (one shared weight copy)": "shared"}
 SHARING = ["off", "1", "2", "4", "0.9", "25%", "50%"]
@@ -63,9 +64,16 @@ def fp_model(name: str) -> trdq.LoadedModel:
     return trdq.load_model(name)
 
 
+@functools.cache
+def detector():
+    """The shapes detector the evaluator reads outputs with."""
+    from trdq.eval.detector import load_detector
+
+    return load_detector()
+
+
 def calibration_prompts(name: str) -> list[str]:
-    caption_world = world(fp_model(name).settings.world)
-    return [s.caption for s in caption_world.sample_scenes(CALIBRATION[name], seed=2024)]
+    return grid.calibration_prompts(fp_model(name), CALIBRATION[name])
 
 
 @functools.lru_cache(maxsize=8)
@@ -135,36 +143,22 @@ def sharing_plan(name: str, share: str):
         raise gr.Error(str(err)) from None
 
 
-# ---------------------------------------------------------------- measuring one sample
+def check_prompt(name: str, prompt: str, steps: float, groups: float) -> str:
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise gr.Error(f"Type a prompt first, e.g. '{EXAMPLES[name][0]}'.")
+    if not 1 <= int(steps) <= 100:
+        raise gr.Error(f"Steps must be between 1 and 100, got {steps}.")
+    if int(groups) > int(steps):
+        raise gr.Error(f"{int(groups)} time groups need at least as many sampling steps; raise the steps "
+                       "or lower the groups.")
+    caption_world = world(fp_model(name).settings.world)
+    if unknown := caption_world.unknown_words(prompt):
+        gr.Warning(f"The model never saw these words: {', '.join(unknown)}. It knows: {caption_world.GRAMMAR}.")
+    return prompt
 
 
-def _peak_bytes() -> int | None:
-    from trdq.bench.measure import proc_bytes
-
-    return proc_bytes("/proc/self/status", "VmHWM")
-
-
-def _sample(model: trdq.LoadedModel, prompt: str, seed: int, steps: int, guidance: float,
-            plan=None) -> tuple[np.ndarray, dict]:
-    """One output and the facts about producing it: seconds, peak RSS of the process while it ran."""
-    import contextlib
-
-    from trdq.attention import share_attention
-    from trdq.bench.measure import reset_peak
-
-    reset = reset_peak()
-    t0 = time.perf_counter()
-    with share_attention(model, plan) if plan is not None else contextlib.nullcontext():
-        out = trdq.generate(model, [prompt], [seed], steps=steps, guidance=guidance)[0]
-    facts = {"seconds": time.perf_counter() - t0,
-             "peak_mib": (_peak_bytes() or 0) / 2**20 if reset else None}
-    return out, facts
-
-
-def weight_mib(model: trdq.LoadedModel) -> float:
-    from trdq.bench.measure import weight_bytes
-
-    return weight_bytes(model.pipe.transformer)["total"] / 2**20
+# ---------------------------------------------------------------- outputs -> UI values
 
 
 def media(output: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray | str:
@@ -180,25 +174,28 @@ def media(output: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray | str:
     return str(path)
 
 
-def _facts(label: str, facts: dict, weights: float) -> str:
-    peak = "-" if facts["peak_mib"] is None else f"{facts['peak_mib']:.0f} MiB"
-    return (f"**{label}** · {facts['seconds']:.2f} s · peak RSS {peak} · transformer weights "
-            f"{weights:.1f} MiB")
+NUM_SLOTS = len(DEFAULT_SLOTS)
+EMPTY_SLOT = ["*slot off*<br>&nbsp;", None, None, ""]  # title, output, error map, facts
 
 
-def check_prompt(name: str, prompt: str, steps: float, groups: float) -> str:
-    prompt = (prompt or "").strip()
-    if not prompt:
-        raise gr.Error(f"Type a prompt first, e.g. '{EXAMPLES[name][0]}'.")
-    if not 1 <= int(steps) <= 100:
-        raise gr.Error(f"Steps must be between 1 and 100, got {steps}.")
-    if int(groups) > int(steps):
-        raise gr.Error(f"{int(groups)} time groups need at least as many sampling steps; raise the steps "
-                       "or lower the groups.")
-    caption_world = world(fp_model(name).settings.world)
-    if unknown := caption_world.unknown_words(prompt):
-        gr.Warning(f"The model never saw these words: {', '.join(unknown)}. It knows: {caption_world.GRAMMAR}.")
-    return prompt
+def grid_values(outputs: list[grid.Output], header: str) -> list:
+    """The grid's UI values: the header, FP's title, output and facts, then per slot its title,
+    output, error map and facts (empty for slots left off)."""
+    fp, rest = outputs[0], outputs[1:]
+    maps, gain = grid.grid_error_maps(outputs) if rest else ([], 1)
+    header += f"\n\n{grid.error_scale(gain)}" if rest else ""
+    values = [header, fp.title, media(fp.output), grid.facts_markdown(fp)]
+    for o, error in zip(rest, maps):
+        values += [o.title, media(o.output), media(error), grid.facts_markdown(o, fp)]
+    return values + EMPTY_SLOT * (NUM_SLOTS - len(rest))
+
+
+def empty_grid(header: str) -> list:
+    return [header, "", None, ""] + EMPTY_SLOT * NUM_SLOTS
+
+
+def _header(prompt: str, seed: int, steps: int, guidance: float, source: str) -> str:
+    return f"**{prompt}** · seed {seed} · {steps} steps · guidance {guidance:g} · {source}"
 
 
 # ---------------------------------------------------------------- handlers
@@ -224,43 +221,82 @@ def quantize(model_label: str, method: str, bits: str, groups: float, rotation: 
     return (f"**{name} · {method} {config.bits} · simulated** — {layers} linear layers quantized, "
             f"{config.time_groups.num_groups} time groups, alpha_g {alpha}, rotation {config.rotation} "
             f"(block {config.block_size}){', CFG split' if config.cfg_split else ''}. "
-            + (f"Calibrated in {seconds:.1f} s." if fresh else "Taken from the cache (calibrated earlier)."))
+            + (f"Calibrated in {seconds:.1f} s." if fresh else "Taken from the cache (calibrated earlier).")
+            + (f" {note}" if (note := grid.real_path_note(config.w_bits, config.a_bits)) else ""))
 
 
-def compare(model_label: str, prompt: str, seed: float, steps: float, guidance: float, method: str, bits: str,
-            groups: float, rotation: str, block_size: float, search_alpha: bool, cfg_split: bool,
-            uncond_bits: str, share: str, execution: str, *alphas,
-            progress=gr.Progress()) -> tuple[np.ndarray | str, str, np.ndarray | str, str]:
-    """Handler of the Compare button: FP and quantized outputs from one seed, with facts about each."""
+def bits_note(bits: str) -> str:
+    """Handler of the bits dropdowns: what the real integer path does with these widths."""
+    try:
+        w_bits, a_bits = parse_bits(bits)
+    except ValueError as err:
+        return f"⚠ {err}"
+    native = f"W{w_bits}A{a_bits} runs natively on the real integer path."
+    return grid.real_path_note(w_bits, a_bits) or native
+
+
+def slots_note(*slots: str) -> str:
+    """Handler of the slot pickers: which slots' bits have no integer kernel of their own."""
+    notes: dict[str, list[int]] = {}
+    for k, (method, bits) in enumerate(zip(slots[::2], slots[1::2]), start=1):
+        if method not in (None, "", "off"):
+            notes.setdefault(bits_note(bits), []).append(k)
+    return "<br>".join(f"Slot{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}: {note}"
+                       for note, ks in notes.items() if "natively" not in note)
+
+
+def compare(model_label: str, prompt: str, seed: float, steps: float, guidance: float,
+            method_1: str, bits_1: str, method_2: str, bits_2: str, method_3: str, bits_3: str,
+            method_4: str, bits_4: str, groups: float, rotation: str, block_size: float, search_alpha: bool,
+            cfg_split: bool, uncond_bits: str, share: str, execution: str, *alphas,
+            progress=gr.Progress()) -> list:
+    """Handler of the Compare button: FP and every slot that is not off, from one seed, in a grid
+    (see :func:`grid_values`). The Quantize tab's recipe (groups, alpha_g, rotation, CFG split,
+    sharing, execution) applies to every slot; each slot sets method and bits."""
     name = model_name(model_label)
     prompt = check_prompt(name, prompt, steps, groups)
-    config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
-                         uncond_bits)
+    picked = ((method_1, bits_1), (method_2, bits_2), (method_3, bits_3), (method_4, bits_4))
+    configs = [make_config(m, b, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
+                           uncond_bits) for m, b in picked if m not in (None, "", "off")]
     if execution not in EXECUTIONS:
         raise gr.Error(f"Unknown execution {execution!r}; choose one of: {', '.join(EXECUTIONS)}.")
-    if config.cfg_split and share not in (None, "", "off"):
+    if cfg_split and share not in (None, "", "off"):
         raise gr.Error("Attention-Sharing needs both CFG branches in one batch; turn off the CFG split or "
                        "the sharing.")
     seed, steps = int(seed), int(steps)
-    progress(0.05, desc="full precision")
-    fp = fp_model(name)
-    fp_out, fp_facts = _sample(fp, prompt, seed, steps, guidance)
-    progress(0.3, desc=f"calibrating {method} {config.bits} (once per setting)")
-    try:
-        q = executed_model(name, config, execution)
-        plan = sharing_plan(name, share)
-    except ValueError as err:
-        raise gr.Error(str(err)) from None
-    progress(0.8, desc=f"{method} {config.bits}")
-    q_out, q_facts = _sample(q, prompt, seed, steps, guidance, plan)
-    frames_q, frames_fp = q_out.reshape(-1, *q_out.shape[-3:]), fp_out.reshape(-1, *fp_out.shape[-3:])
-    db = float(np.mean(np.minimum(psnr(frames_q, frames_fp), 100.0)))
-    similar = float(np.mean(ssim(frames_q, frames_fp)))
-    fp_info = _facts("full precision (fp32)", fp_facts, weight_mib(fp)) + f" · {steps} steps · seed {seed}"
-    shared = "" if plan is None else f" · sharing {len(plan.layers)} layers ({plan.skipped:.0%} of uncond scores)"
-    q_info = (_facts(f"{method} {config.bits.upper()} · {q.quant.execution}", q_facts, weight_mib(q))
-              + f" · PSNR vs FP {db:.2f} dB · SSIM vs FP {similar:.3f}{shared}")
-    return media(fp_out), fp_info, media(q_out), q_info
+    plan = sharing_plan(name, share)
+    quantized = []
+    for i, config in enumerate(configs):
+        progress(0.05 + 0.6 * i / len(configs),
+                 desc=f"calibrating {config.method} {config.bits} (once per setting)")
+        try:
+            quantized.append((config, executed_model(name, config, execution), plan))
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+    outputs = grid.run_grid(fp_model(name), quantized, prompt, seed, steps, float(guidance), detector(),
+                            lambda done, what: progress(0.65 + 0.35 * done, desc=what))
+    return grid_values(outputs, _header(prompt, seed, steps, float(guidance), "computed now"))
+
+
+def show_example(model_label: str, prompt: str | None = None) -> list:
+    """The shipped grid of ``prompt`` (else the model's first), read from assets/examples: instant."""
+    name = MODELS.get(model_label)
+    found = None if name is None else shipped.load_grid(name, prompt)
+    if found is None:
+        return empty_grid(f"No precomputed grid for {model_label}: press **Compare** (or run "
+                          "`python -m analysis examples`).")
+    meta, prompt, outputs = found
+    machine = meta["machine"]
+    source = (f"precomputed by `python -m analysis examples` with the default slots and recipe "
+              f"({machine['cpu']}, threads {machine['threads']}, {machine['date'][:10]}); press **Compare** "
+              "to run your own")
+    return grid_values(outputs, _header(prompt, meta["seed"], meta["steps"], meta["guidance"], source))
+
+
+def switch_model(model_label: str) -> list:
+    """Handler of the model radio: the model's first example prompt and its precomputed grid."""
+    name = MODELS.get(model_label, "shapes-t2i")
+    return [EXAMPLES[name][0], *show_example(model_label, EXAMPLES[name][0])]
 
 
 def layer_choices(model_label: str, method: str, bits: str, groups: float, rotation: str, block_size: float,
@@ -279,53 +315,74 @@ def layer_choices(model_label: str, method: str, bits: str, groups: float, rotat
 def _collected(name: str, config: trdq.QuantConfig, layer: str, steps: int, guidance: float):
     from analysis.collect import collect_layer
 
-    prompts = [s.caption for s in world(fp_model(name).settings.world).sample_scenes(ANALYSIS_PROMPTS, seed=99)]
-    return collect_layer(fp_model(name), quantized_model(name, config), layer, prompts, steps, guidance)
+    fp = fp_model(name)
+    prompts = shipped.analysis_prompts(fp)
+    return collect_layer(fp, quantized_model(name, config), layer, prompts, steps, guidance)
 
 
 def distributions(model_label: str, layer: str, group: float, steps: float, guidance: float, method: str,
                   bits: str, groups: float, rotation: str, block_size: float, search_alpha: bool, cfg_split: bool,
                   uncond_bits: str, *alphas, progress=gr.Progress()):
-    """Handler of the Distributions tab: figures and statistics of one layer in one time group."""
-    from analysis.report import layer_figures, layer_table
-
+    """Handler of the Distributions tab: figures, statistics and a caption of one layer in one time group."""
     name = model_name(model_label)
     config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
                          uncond_bits)
     if not layer:
         raise gr.Error("Pick a layer first (press 'List layers').")
-    progress(0.2, desc=f"sampling {ANALYSIS_PROMPTS} prompts through {layer}")
+    progress(0.2, desc=f"sampling {shipped.ANALYSIS_PROMPTS} prompts through {layer}")
     try:
         collected = _collected(name, config, layer, int(steps), float(guidance))
-        figs = layer_figures(collected, int(group))
+        case = shipped.distributions_case(collected, int(group))
     except (ValueError, KeyError) as err:
         raise gr.Error(str(err)) from None
-    table = layer_table({layer: collected}).round(3)
-    return figs["histogram"], figs["surface"], figs["channel-absmax"], figs["weight-absmax"], table
+    figs = case["figures"]
+    caption = f"Computed now: {name}, {method} {config.bits}, {layer}, time group {int(group)}."
+    return (figs["histogram"], figs["surface"], figs["channel-absmax"], figs["weight-absmax"], case["table"],
+            caption)
 
 
 def trajectory(model_label: str, steps: float, guidance: float, method: str, bits: str, groups: float,
                rotation: str, block_size: float, search_alpha: bool, cfg_split: bool, uncond_bits: str, *alphas,
                progress=gr.Progress()):
-    """Handler of the Trajectory tab: per-step error vs FP, and cond/uncond attention similarity."""
-    from analysis.figures import attention_similarity_figure, error_curve_figure
-    from trdq.eval.trajectory import eps_sqnr_per_step
-
+    """Handler of the Trajectory tab: per-step error vs FP, cond/uncond attention similarity, a caption."""
     name = model_name(model_label)
     config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
                          uncond_bits)
     if int(groups) > int(steps):
         raise gr.Error(f"{int(groups)} time groups need at least as many sampling steps.")
-    progress(0.2, desc="noise-prediction error along the FP trajectory")
-    prompts = [s.caption for s in world(fp_model(name).settings.world).sample_scenes(ANALYSIS_PROMPTS, seed=99)]
-    q = quantized_model(name, config)
-    per_step = eps_sqnr_per_step(fp_model(name), q, prompts, list(range(len(prompts))), steps=int(steps),
-                                 guidance=float(guidance))
-    curve = error_curve_figure(per_step, config.time_groups,
-                               title=f"{method} {config.bits}: noise-prediction SQNR vs FP per step")
-    progress(0.7, desc="cond/uncond attention similarity")
-    heat = attention_similarity_figure(similarity(name))
-    return curve, heat
+    progress(0.2, desc="noise-prediction error along the FP trajectory, then attention similarity")
+    case = shipped.trajectory_case(fp_model(name), quantized_model(name, config), int(steps), float(guidance),
+                                   similarity(name))
+    caption = f"Computed now: {name}, {method} {config.bits}, {int(steps)} steps."
+    return case["figures"]["curve"], case["figures"]["similarity"], caption
+
+
+def _case_caption(case: dict, what: str) -> str:
+    c = case["config"]
+    return (f"Precomputed by `python -m analysis examples`: {case['model']}, {c['method']} "
+            f"w{c['w_bits']}a{c['a_bits']}, {c['time_groups']['num_groups']} time groups, {what}"
+            f"{case['steps']} steps. Set the Quantize tab and press the button to compute your own.")
+
+
+def shipped_distributions(model_label: str):
+    """The Distributions tab's precomputed case of the model (model switch; the page opens on it):
+    layer, time group, the four figures, the table and a caption."""
+    case = shipped.load_case(MODELS.get(model_label, ""), "distributions")
+    if case is None:
+        return (None, 0, None, None, None, None, None,
+                "No precomputed case for this model: press **List layers**, pick one, press **Show**.")
+    figs = case["figures"]
+    return (case["layer"], case["group"], figs["histogram"], figs["surface"], figs["channel-absmax"],
+            figs["weight-absmax"], case["table"], _case_caption(case, f"layer {case['layer']}, time group "
+                                                                      f"{case['group']}, "))
+
+
+def shipped_trajectory(model_label: str):
+    """The Trajectory tab's precomputed case of the model (model switch; the page opens on it)."""
+    case = shipped.load_case(MODELS.get(model_label, ""), "trajectory")
+    if case is None:
+        return None, None, "No precomputed case for this model: press **Measure**."
+    return case["figures"]["curve"], case["figures"]["similarity"], _case_caption(case, "")
 
 
 def benchmark_files() -> list[str]:
@@ -353,11 +410,6 @@ def benchmark(file: str) -> tuple[str, go.Figure]:
     return bench_table(path), fig
 
 
-def examples_for(model_label: str):
-    name = MODELS.get(model_label, "shapes-t2i")
-    return gr.Textbox(value=EXAMPLES[name][0])
-
-
 # ---------------------------------------------------------------- layout
 
 
@@ -368,6 +420,75 @@ INTRO = (
     "Quantized models run **simulated** (fake quantization in floating point: the method's numerics) or "
     "as **real integer** code (int8 GEMMs, 4-bit weights packed two per byte)."
 )
+GUIDES = {
+    "Compare": (
+        "Each column is the same prompt and seed through another model, and the dark image under each "
+        "quantized output is its error map |Q − FP| (one amplification for the whole grid, stated under the "
+        "prompt): bright where quantization changed the picture. Below it the shapes detector reads size, "
+        "colour, shape and position (direction for clips), ✓ or ✗ against the prompt as the evaluator scores "
+        "adherence; the grid opens at W3A3, where the methods part ways (at W8A8-W4A4 they all look like FP)."
+        " Each slot sets a method and bits; the rest of the recipe (time groups, alpha_g, rotation, CFG "
+        "split, Attention-Sharing, execution) comes from the Quantize tab and applies to every slot, each "
+        "method using the parts it has."
+    ),
+    "Quantize": (
+        "Method and bits here make the configuration the Distributions and Trajectory tabs analyse; the other"
+        " settings are the recipe every Compare slot shares. Widths go down to 2 bits: the real integer path "
+        "runs every width, but only W4/W8 weights and A8 activations have kernels of their own, so a note "
+        "says when a setting's savings are simulated only."
+    ),
+    "Distributions": (
+        "An outlier is a channel whose largest |x| stands far above the others: a spike in the per-channel "
+        "abs-max plot, a ridge along the channel axis of the |x| surface; per-token quantization has to "
+        "stretch its few levels over it, so every other channel is rounded coarsely. Smoothing (X Δ⁻¹) "
+        "divides each input channel by δ and multiplies the weight's matching column by it, moving the "
+        "outlier's magnitude into the weight (its abs-max curve rises). The rotation then spreads what is "
+        "left over each block of channels, so the histogram narrows, the ridge flattens and the table's "
+        "max/median falls towards 1."
+    ),
+    "Trajectory": (
+        "The quantized model's noise prediction against FP's at every step of the same FP trajectory (higher "
+        "SQNR is better), shaded by time group, each group with its own alpha_g and rotation; below, how "
+        "alike the two CFG branches' attention is, the ground for Attention-Sharing. The error grows late, "
+        "near a clean image: the inputs' outlier channels grow there (the opening layer of the Distributions "
+        "tab, blocks.7.attn2.to_q, reaches 40× its median channel in the last step), and the fine detail the "
+        "model predicts then is small beside the rounding error."
+    ),
+    "Benchmark": (
+        "Measured step latency and weight memory of `python -m trdq bench` per backend: fp32, bf16/fp16, and "
+        "the simulated and real integer paths. Simulated quantization is slower than FP (it adds work); only "
+        "the real integer path can be faster, and the table says where its time goes."
+    ),
+}
+
+
+def _slot_pickers() -> list[gr.Dropdown]:
+    pickers = []
+    with gr.Row():
+        for k, (method, bits) in enumerate(DEFAULT_SLOTS, start=1):
+            with gr.Column(min_width=150):
+                pickers.append(gr.Dropdown(SLOT_METHODS, value=method, label=f"Slot {k} method"))
+                pickers.append(gr.Dropdown(BITS, value=bits, label=f"Slot {k} bits", allow_custom_value=True))
+    return pickers
+
+
+def _grid(values: list) -> list:
+    """The grid's header, FP's column (title, output, facts) and each slot's (title, output, error
+    map, facts), showing ``values`` (:func:`grid_values`)."""
+    header = gr.Markdown(values[0], elem_classes="grid-header")
+    shown = iter(values[1:])
+    # PNG: the default WebP is lossy, and would blur the enlarged pixels and the error maps
+    image = {"height": 256, "show_label": False, "format": "png"}
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=200, elem_classes="grid-fp"):
+            parts = [gr.Markdown(next(shown)), gr.Image(next(shown), label="Full precision", **image),
+                     gr.Markdown(next(shown))]
+        for k in range(1, NUM_SLOTS + 1):
+            with gr.Column(min_width=200, elem_classes=f"grid-slot grid-slot-{k}"):
+                parts += [gr.Markdown(next(shown)), gr.Image(next(shown), label=f"Slot {k} output", **image),
+                          gr.Image(next(shown), label=f"Slot {k} error map", **image), gr.Markdown(next(shown))]
+    return [header, *parts]
+
 
 with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
     gr.Markdown(INTRO)
@@ -376,76 +497,105 @@ with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
         steps = gr.Slider(1, 50, value=20, step=1, label="Sampling steps (DDIM)")
         guidance = gr.Slider(1.0, 10.0, value=4.5, step=0.5, label="Guidance scale")
     with gr.Tab("Compare"):
+        gr.Markdown(GUIDES["Compare"])
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, min_width=240):
                 prompt = gr.Textbox(label="Prompt", value=EXAMPLES["shapes-t2i"][0])
                 seed = gr.Number(label="Seed", value=0, precision=0)
                 compare_button = gr.Button("Compare", variant="primary")
-                gr.Examples([[p] for p in EXAMPLES["shapes-t2i"] + EXAMPLES["shapes-t2v"]], inputs=[prompt])
-            with gr.Column(scale=2):
-                with gr.Row():
-                    fp_out = gr.Image(label="Full precision", height=320)
-                    q_out = gr.Image(label="Quantized", height=320)
-                with gr.Row():
-                    fp_info = gr.Markdown()
-                    q_info = gr.Markdown()
+            with gr.Column(scale=4):
+                slot_inputs = _slot_pickers()
+        slot_info = gr.Markdown(slots_note(*(v for slot in DEFAULT_SLOTS for v in slot)))
+        # the page opens on the shipped default grid, drawn with the page itself: no wait for an event
+        grid_outputs = _grid(show_example(AVAILABLE[0]))
+        rows = [[label, p] for label in AVAILABLE for p in shipped.shipped_prompts(MODELS[label])]
+        if rows:
+            gr.Examples(rows, inputs=[model, prompt], outputs=grid_outputs, fn=show_example,
+                        run_on_click=True, cache_examples=False,
+                        label="Precomputed examples (the default grid, shown at once)")
     with gr.Tab("Quantize"):
+        gr.Markdown(GUIDES["Quantize"])
         with gr.Row():
             with gr.Column():
                 method = gr.Dropdown(list(METHODS), value="trdq", label="Method (TR-DQ or a baseline)")
-                bits = gr.Dropdown(BITS, value="w4a8", label="Bits (weights/activations)")
-                groups = gr.Slider(1, 20, value=4, step=1, label="Time groups (TR-DQ, ViDiT-Q)")
-                rotation = gr.Radio(list(ROTATIONS), value="duquant", label="Rotation (TR-DQ)")
-                block_size = gr.Slider(8, 192, value=64, step=8, label="Rotation block size")
+                bits = gr.Dropdown(BITS, value=DEFAULT_SLOTS[-1][1], allow_custom_value=True,
+                                   label="Bits (weights/activations, WxAy with 2..8 each)")
+                bits_info = gr.Markdown(bits_note(DEFAULT_SLOTS[-1][1]))
+                groups = gr.Slider(1, 20, value=grid.DEFAULT_RECIPE["groups"], step=1,
+                                   label="Time groups (TR-DQ, ViDiT-Q)")
+                rotation = gr.Radio(list(ROTATIONS), value=grid.DEFAULT_RECIPE["rotation"],
+                                    label="Rotation (TR-DQ)")
+                block_size = gr.Slider(8, 192, value=grid.DEFAULT_RECIPE["block_size"], step=8,
+                                       label="Rotation block size")
             with gr.Column():
                 search_alpha = gr.Checkbox(value=True, label="Search alpha_g per time group")
                 alpha_sliders = [gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=f"alpha, group {g}")
                                  for g in range(MAX_GROUPS)]
             with gr.Column():
                 cfg_split = gr.Checkbox(value=False, label="CFG split: quantize the branches apart")
-                uncond_bits = gr.Dropdown(["same"] + BITS, value="same", label="Unconditional branch bits")
+                uncond_bits = gr.Dropdown(["same"] + BITS, value="same", allow_custom_value=True,
+                                          label="Unconditional branch bits")
                 share = gr.Dropdown(SHARING, value="off", label="Attention-Sharing: layers (N), cosine threshold, or share of uncond score compute (P%)")
                 execution = gr.Radio(list(EXECUTIONS), value="simulated", label="Execution")
                 quantize_button = gr.Button("Quantize", variant="primary")
                 quantize_info = gr.Markdown()
     config_inputs = [method, bits, groups, rotation, block_size, search_alpha, cfg_split, uncond_bits]
+    recipe_inputs = [groups, rotation, block_size, search_alpha, cfg_split, uncond_bits, share, execution]
     with gr.Tab("Distributions"):
+        gr.Markdown(GUIDES["Distributions"])
+        opening = shipped_distributions(AVAILABLE[0])  # the tab opens on the shipped case
         with gr.Row():
             list_button = gr.Button("List layers")
-            layer = gr.Dropdown([], label="Layer", allow_custom_value=True)
-            group = gr.Slider(0, 3, value=0, step=1, label="Time group")
+            layer = gr.Dropdown([opening[0]] if opening[0] else [], value=opening[0], label="Layer",
+                                allow_custom_value=True)
+            group = gr.Slider(0, grid.DEFAULT_RECIPE["groups"] - 1, value=opening[1], step=1,
+                              label="Time group")
             show_button = gr.Button("Show", variant="primary")
+        distributions_caption = gr.Markdown(opening[7])
         with gr.Row():
-            hist_plot = gr.Plot(label="Histogram")
-            surface_plot = gr.Plot(label="|x| per token and channel")
+            hist_plot = gr.Plot(opening[2], label="Histogram")
+            surface_plot = gr.Plot(opening[3], label="|x| per token and channel")
         with gr.Row():
-            channel_plot = gr.Plot(label="Per-channel abs-max of the input")
-            weight_plot = gr.Plot(label="Per-input-channel abs-max of the weight")
-        stats_table = gr.Dataframe(label="Statistics per time group", wrap=True)
+            channel_plot = gr.Plot(opening[4], label="Per-channel abs-max of the input")
+            weight_plot = gr.Plot(opening[5], label="Per-input-channel abs-max of the weight")
+        stats_table = gr.Dataframe(opening[6], label="Statistics per time group", wrap=True)
     with gr.Tab("Trajectory"):
+        gr.Markdown(GUIDES["Trajectory"])
+        opening = shipped_trajectory(AVAILABLE[0])
         trajectory_button = gr.Button("Measure", variant="primary")
-        curve_plot = gr.Plot(label="Noise-prediction SQNR vs FP")
-        similarity_plot = gr.Plot(label="Cond/uncond attention similarity")
+        trajectory_caption = gr.Markdown(opening[2])
+        curve_plot = gr.Plot(opening[0], label="Noise-prediction SQNR vs FP")
+        similarity_plot = gr.Plot(opening[1], label="Cond/uncond attention similarity")
     with gr.Tab("Benchmark"):
+        gr.Markdown(GUIDES["Benchmark"])
         files = benchmark_files()
         bench_file = gr.Dropdown(files, value=files[0] if files else None, label="Report")
         bench_button = gr.Button("Show", variant="primary")
         bench_md = gr.Markdown()
         bench_plot = gr.Plot()
 
-    model.change(examples_for, inputs=model, outputs=prompt)
+    distribution_outputs = [layer, group, hist_plot, surface_plot, channel_plot, weight_plot, stats_table,
+                            distributions_caption]
+    trajectory_outputs = [curve_plot, similarity_plot, trajectory_caption]
+    # precomputed answers of the other model on a switch; light reads, so outside the one-at-a-time queue
+    ui_only = {"concurrency_limit": None, "api_visibility": "undocumented"}
+    model.input(switch_model, inputs=model, outputs=[prompt, *grid_outputs], **ui_only)
+    model.input(shipped_distributions, inputs=model, outputs=distribution_outputs, **ui_only)
+    model.input(shipped_trajectory, inputs=model, outputs=trajectory_outputs, **ui_only)
+    bits.change(bits_note, inputs=bits, outputs=bits_info, **ui_only)
+    for picker in slot_inputs:
+        picker.change(slots_note, inputs=slot_inputs, outputs=slot_info, **ui_only)
     quantize_button.click(quantize, inputs=[model, *config_inputs, *alpha_sliders], outputs=quantize_info,
                           api_name="quantize")
-    compare_button.click(compare, inputs=[model, prompt, seed, steps, guidance, *config_inputs, share, execution,
+    compare_button.click(compare, inputs=[model, prompt, seed, steps, guidance, *slot_inputs, *recipe_inputs,
                                           *alpha_sliders],
-                         outputs=[fp_out, fp_info, q_out, q_info], api_name="compare")
+                         outputs=grid_outputs, api_name="compare")
     list_button.click(layer_choices, inputs=[model, *config_inputs, *alpha_sliders], outputs=[layer, group],
                       api_name="layers")
     show_button.click(distributions, inputs=[model, layer, group, steps, guidance, *config_inputs, *alpha_sliders],
-                      outputs=[hist_plot, surface_plot, channel_plot, weight_plot, stats_table],
-                      api_name="distributions")
+                      outputs=distribution_outputs[2:], api_name="distributions")
     trajectory_button.click(trajectory, inputs=[model, steps, guidance, *config_inputs, *alpha_sliders],
-                            outputs=[curve_plot, similarity_plot], api_name="trajectory")
+                            outputs=trajectory_outputs, api_name="trajectory")
     bench_button.click(benchmark, inputs=bench_file, outputs=[bench_md, bench_plot], api_name="benchmark")
 
 demo.queue(default_concurrency_limit=1)

@@ -1,4 +1,5 @@
-"""The app's handlers, called directly as the UI calls them, and one gradio_client round trip."""
+"""The app's handlers, called directly as the UI calls them, the grid's maths (error maps, detector
+readings), the shipped examples, and one gradio_client round trip."""
 
 import json
 
@@ -9,28 +10,85 @@ import pytest
 from PIL import Image
 
 import app
+from analysis import compare as grid
+from analysis import examples as shipped
+from trdq import motion, shapes
+from trdq.eval.detector import load_detector
 
 IMAGE = "shapes-t2i (image, PixArt)"
-CONFIG = dict(method="rtn", bits="w8a8", groups=1, rotation="none", block_size=64, search_alpha=True,
-              cfg_split=False, uncond_bits="same")
+RECIPE = dict(groups=1, rotation="none", block_size=64, search_alpha=True, cfg_split=False, uncond_bits="same",
+              share="off", execution="simulated")
+QUANTIZE = dict(method="rtn", bits="w8a8", groups=1, rotation="none", block_size=64, search_alpha=True,
+                cfg_split=False, uncond_bits="same")
 ALPHAS = [0.5] * app.MAX_GROUPS
+FP_PARTS, SLOT_PARTS = 4, 4  # header, FP title, output, facts; per slot title, output, error map, facts
 
 
-def _config(**kw):
-    c = {**CONFIG, **{k: v for k, v in kw.items() if k in CONFIG}}
-    return [c[k] for k in CONFIG]
+def _slots(slots):
+    padded = list(slots) + [("off", "w8a8")] * (app.NUM_SLOTS - len(slots))
+    return [v for slot in padded for v in slot]
 
 
-def _compare(prompt="a large red circle in the center", seed=0, steps=3, guidance=4.5, share="off",
-             execution="simulated", model=IMAGE, alphas=ALPHAS, **kw):
-    return app.compare(model, prompt, seed, steps, guidance, *_config(**kw), share, execution, *alphas)
+def _compare(prompt="a large red circle in the center", seed=0, steps=3, guidance=4.5, model=IMAGE,
+             slots=(("rtn", "w8a8"),), alphas=ALPHAS, **kw):
+    recipe = {**RECIPE, **kw}
+    return app.compare(model, prompt, seed, steps, guidance, *_slots(slots), *recipe.values(), *alphas)
 
 
-def test_compare_returns_both_images_with_their_facts():
-    fp_image, fp_info, q_image, q_info = _compare()
-    assert fp_image.shape == q_image.shape == (256, 256, 3)
-    assert "full precision" in fp_info and "transformer weights" in fp_info and "s ·" in fp_info
-    assert "simulated" in q_info and "PSNR vs FP" in q_info and "W8A8" in q_info and "peak RSS" in q_info
+def _columns(values):
+    """{"header", "fp": (title, output, facts), "slots": [(title, output, error map, facts), ...]}."""
+    assert len(values) == FP_PARTS + SLOT_PARTS * app.NUM_SLOTS
+    rest = values[FP_PARTS:]
+    return {"header": values[0], "fp": tuple(values[1:FP_PARTS]),
+            "slots": [tuple(rest[i:i + SLOT_PARTS]) for i in range(0, len(rest), SLOT_PARTS)]}
+
+
+def _quantize_config(**kw):
+    c = {**QUANTIZE, **kw}
+    return [c[k] for k in QUANTIZE]
+
+
+@pytest.fixture
+def tiny_image_model(monkeypatch, tiny_pixart):
+    """The app serving a tiny random PixArt as a third model: grids calibrate in seconds."""
+    monkeypatch.setitem(app.MODELS, "tiny image", "tiny-pixart")
+    monkeypatch.setattr(app, "AVAILABLE", [*app.AVAILABLE, "tiny image"])
+    monkeypatch.setitem(app.CALIBRATION, "tiny-pixart", 2)
+    monkeypatch.setitem(app.EXAMPLES, "tiny-pixart", ["a small red circle on the left"])
+    real_fp = app.fp_model
+    monkeypatch.setattr(app, "fp_model", lambda name: tiny_pixart if name == "tiny-pixart" else real_fp(name))
+    app.quantized_model.cache_clear()
+    app.executed_model.cache_clear()
+    yield "tiny image"
+    app.quantized_model.cache_clear()
+    app.executed_model.cache_clear()
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def test_compare_grid_shows_fp_and_a_slot_with_error_map_reading_and_facts():
+    cols = _columns(_compare())
+    fp_title, fp_image, fp_facts = cols["fp"]
+    title, q_image, error, facts = cols["slots"][0]
+    assert fp_image.shape == q_image.shape == error.shape == (256, 256, 3)
+    assert "full precision" in fp_title and "transformer weights" in fp_facts and " s · peak RSS" in fp_facts
+    assert "rtn W8A8**<br>simulated" in title and "PSNR vs FP" in facts and "SSIM vs FP" in facts
+    assert "detector" in facts and "position:" in facts and "peak RSS" in facts
+    assert "|Q − FP| ×" in cols["header"] and "seed 0" in cols["header"] and "computed now" in cols["header"]
+    assert cols["slots"][1:] == [tuple(app.EMPTY_SLOT)] * (app.NUM_SLOTS - 1)
+
+
+def test_four_slots_make_four_columns_each_with_its_error_map_and_reading(tiny_image_model):
+    slots = [("rtn", "w8a8"), ("smoothquant", "w4a4"), ("viditq", "w3a3"), ("trdq", "w3a3")]
+    cols = _columns(_compare(model=tiny_image_model, prompt="a small red circle on the left", steps=4,
+                             slots=slots, groups=2, rotation="duquant", block_size=32))
+    for (method, bits), (title, output, error, facts) in zip(slots, cols["slots"]):
+        assert f"{method} {bits.upper()}" in title
+        assert output.shape == error.shape and error.dtype == np.uint8
+        assert facts.count("✓") + facts.count("✗") == 4  # size, colour, shape, position marked
+        assert "PSNR vs FP" in facts
+    assert "✓" in cols["fp"][2] or "✗" in cols["fp"][2]
 
 
 def test_quantized_models_are_cached_per_configuration():
@@ -40,11 +98,18 @@ def test_quantized_models_are_cached_per_configuration():
     assert app.executed_model.cache_info().hits == hits + 1
 
 
+def test_all_slots_off_shows_full_precision_alone():
+    cols = _columns(_compare(slots=()))
+    assert cols["fp"][1].shape == (256, 256, 3) and "|Q − FP|" not in cols["header"]
+    assert all(s == tuple(app.EMPTY_SLOT) for s in cols["slots"])
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"prompt": ""}, "Type a prompt"),
     ({"steps": 0}, "between 1 and 100"),
     ({"groups": 8, "steps": 4}, "time groups"),
-    ({"bits": "w9a8"}, "2..8"),
+    ({"slots": [("rtn", "w9a8")]}, "2..8"),
+    ({"slots": [("rtn", "w4")]}, "form WxAy"),
     ({"groups": 12, "steps": 20, "search_alpha": False}, "search alpha_g instead"),
     ({"cfg_split": True, "share": "1"}, "turn off the CFG split"),
     ({"model": "sdxl"}, "Unknown model"),
@@ -55,16 +120,17 @@ def test_bad_input_is_a_ui_error_that_says_what_to_change(kw, match):
         _compare(**kw)
 
 
-def test_demo_is_a_blocks_app_with_its_tabs():
-    assert isinstance(app.demo, gr.Blocks)
-    labels = {b.label for b in app.demo.blocks.values() if isinstance(b, gr.Tab)}
-    assert {"Compare", "Quantize", "Distributions", "Trajectory", "Benchmark"} <= labels
-
-
 @pytest.mark.parametrize("execution", ["real integer (per-group weights)", "real integer (one shared weight copy)"])
 def test_real_integer_execution_is_labelled(execution):
-    _, _, q_image, q_info = _compare(execution=execution, bits="w4a8")
-    assert q_image.shape == (256, 256, 3) and "real integer" in q_info and "W4A8" in q_info
+    title, q_image, _, facts = _columns(_compare(execution=execution, slots=[("rtn", "w4a8")]))["slots"][0]
+    assert q_image.shape == (256, 256, 3) and "real integer" in title and "W4A8" in title
+    assert "simulated only" not in facts and "int8 GEMM" in facts  # W4A8 has kernels of its own
+
+
+def test_real_integer_below_the_kernels_widths_says_its_savings_are_simulated():
+    title, _, _, facts = _columns(_compare(execution="real integer (per-group weights)",
+                                           slots=[("rtn", "w6a6")]))["slots"][0]
+    assert "real integer" in title and "simulated only" in facts and "W8A8 containers" in facts
 
 
 def test_unknown_execution_is_a_ui_error():
@@ -72,33 +138,190 @@ def test_unknown_execution_is_a_ui_error():
         _compare(execution="gpu")
 
 
+def test_attention_sharing_is_reported_with_the_compute_it_skips():
+    facts = _columns(_compare(share="1"))["slots"][0][3]
+    assert "sharing 1 layers" in facts and "of uncond scores" in facts
+
+
+def test_cfg_split_runs_with_coarser_uncond_bits():
+    title, q_image, _, _ = _columns(_compare(slots=[("trdq", "w8a8")], groups=2, cfg_split=True,
+                                             uncond_bits="w4a4"))["slots"][0]
+    assert q_image.shape == (256, 256, 3) and "W8A8/UNCOND-W4A4" in title
+
+
+def test_video_model_compares_clips_with_error_clips_and_direction(monkeypatch, tiny_latte):
+    monkeypatch.setitem(app.MODELS, "tiny video", "tiny-latte")
+    monkeypatch.setattr(app, "AVAILABLE", [*app.AVAILABLE, "tiny video"])
+    monkeypatch.setitem(app.CALIBRATION, "tiny-latte", 2)
+    monkeypatch.setitem(app.EXAMPLES, "tiny-latte", ["a small red circle moving up"])
+    real_fp = app.fp_model
+    monkeypatch.setattr(app, "fp_model", lambda name: tiny_latte if name == "tiny-latte" else real_fp(name))
+    app.quantized_model.cache_clear()
+    app.executed_model.cache_clear()
+    cols = _columns(_compare(model="tiny video", prompt="a small red circle moving up", steps=2))
+    _, fp_clip, fp_facts = cols["fp"]
+    title, q_clip, error, facts = cols["slots"][0]
+    assert fp_clip.endswith(".gif") and Image.open(q_clip).n_frames == 4 and "simulated" in title
+    assert Image.open(error).n_frames == 4
+    assert "direction:" in facts and "size:" in facts and "(not scored)" in facts
+    app.quantized_model.cache_clear()
+    app.executed_model.cache_clear()
+
+
+# ---------------------------------------------------------------- error maps
+
+
+def test_error_map_is_black_where_outputs_agree_and_bright_where_they_differ():
+    fp = np.full((8, 8, 3), 100, np.uint8)
+    q = fp.copy()
+    q[2, 3, 1] = 116  # 16 levels off in green
+    emap = grid.error_map(q, fp, gain=8)
+    assert emap.shape == (8, 8, 3) and emap.dtype == np.uint8
+    assert emap[0, 0].tolist() == [0, 0, 0]
+    assert emap[2, 3, 0] > 0  # 16 x 8 = 128 of 255: red, partly yellow
+    assert grid.error_map(q, fp, gain=16)[2, 3].tolist() == [255, 255, 255]  # 16 x 16 saturates: white
+    with pytest.raises(ValueError, match="cannot compare"):
+        grid.error_map(q[:4], fp, gain=1)
+
+
+def test_one_gain_per_grid_amplifies_at_least_four_times_and_more_when_every_error_is_faint():
+    faint, strong = np.full((10, 10), 3, np.uint8), np.full((10, 10), 200, np.uint8)
+    assert grid.error_gain([strong, faint]) == 4  # a saturating map does not hide the others
+    assert grid.error_gain([faint, np.full((10, 10), 12, np.uint8)]) == 16  # 12 x 16 = 192 <= 255 < 12 x 32
+    assert grid.error_gain([faint]) == 32 and grid.error_gain([np.zeros((4, 4), np.uint8)]) == 32  # capped
+    assert "× 4" in grid.error_scale(4) and "white ≥ 64" in grid.error_scale(4)
+
+
+def test_clip_error_maps_are_per_frame():
+    fp = np.zeros((3, 4, 4, 3), np.uint8)
+    q = fp.copy()
+    q[1, 0, 0] = 255
+    emap = grid.error_map(q, fp, gain=1)
+    assert emap.shape == (3, 4, 4, 3) and emap[1, 0, 0].tolist() == [255, 255, 255] and emap[0].max() == 0
+
+
+# ---------------------------------------------------------------- detector readings
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_detector()
+
+
+def test_detector_reads_a_true_render_as_its_prompt(detector):
+    scene = shapes.parse_caption("a large blue triangle on the left")
+    image = np.asarray(shapes.render(scene, np.random.default_rng(0)))
+    readings = grid.read_output(image, scene.caption, "shapes", detector)
+    assert [r.attribute for r in readings] == ["size", "color", "shape", "position"]
+    assert all(r.right for r in readings) and grid.adheres(readings)
+    text = grid.readings_markdown(readings)
+    assert "adheres" in text and text.count("✓") == 4 and "color: blue" in text
+
+
+def test_detector_marks_what_differs_from_the_prompt(detector):
+    image = np.asarray(shapes.render("a large blue triangle on the left", np.random.default_rng(0)))
+    readings = grid.read_output(image, "a large red triangle on the left", "shapes", detector)
+    wrong = [r for r in readings if r.right is False]
+    assert [r.attribute for r in wrong] == ["color"] and grid.adheres(readings) is False
+    assert "✗ color: blue (asked red)" in grid.readings_markdown(readings)
+
+
+def test_a_prompt_outside_the_grammar_is_read_but_not_marked(detector):
+    image = np.asarray(shapes.render("a small green star at the top", np.random.default_rng(1)))
+    readings = grid.read_output(image, "a dog on a sofa", "shapes", detector)
+    assert all(r.right is None for r in readings) and grid.adheres(readings) is None
+    assert "outside the grammar" in grid.readings_markdown(readings)
+
+
+def test_detector_reads_a_clip_with_its_direction(detector):
+    scene = motion.parse_caption("a large green star moving right")
+    clip = motion.render_clip(scene, np.random.default_rng(0))
+    readings = {r.attribute: r for r in grid.read_output(clip, scene.caption, "moving-shapes", detector)}
+    assert readings["direction"].read == "right" and readings["direction"].right
+    assert readings["color"].right and readings["shape"].right and not readings["size"].scored
+
+
+# ---------------------------------------------------------------- shipped answers
+
+
+def test_page_opens_on_the_shipped_default_grid():
+    cols = _columns(app.show_example(IMAGE))
+    assert "precomputed" in cols["header"] and "|Q − FP| ×" in cols["header"]
+    assert cols["fp"][1].shape == (256, 256, 3)
+    for (method, bits), (title, output, error, facts) in zip(grid.DEFAULT_SLOTS, cols["slots"]):
+        assert f"{method} {bits.upper()}" in title and output.shape == error.shape == (256, 256, 3)
+        assert "detector" in facts and "PSNR vs FP" in facts
+
+
+def test_shipped_grid_was_made_with_the_app_defaults():
+    """The examples show what Compare computes with the page's default values."""
+    meta, _, _ = shipped.load_grid("shapes-t2i")
+    defaults = [app.make_config(m, b, grid.DEFAULT_RECIPE["groups"], grid.DEFAULT_RECIPE["rotation"],
+                                grid.DEFAULT_RECIPE["block_size"], True, ALPHAS).to_dict() for m, b in grid.DEFAULT_SLOTS]
+    assert json.loads(json.dumps(defaults)) == meta["configs"]
+    assert (meta["steps"], meta["guidance"], meta["seed"]) == (20, 4.5, 0)
+    assert meta["calibration_prompts"] == app.CALIBRATION["shapes-t2i"]
+    assert shipped.shipped_prompts("shapes-t2i") == app.EXAMPLES["shapes-t2i"]
+
+
+def test_an_example_prompt_shows_its_own_shipped_grid_and_a_model_switch_sets_its_prompt():
+    prompt = app.EXAMPLES["shapes-t2i"][1]
+    assert prompt in app.show_example(IMAGE, prompt)[0]
+    values = app.switch_model(IMAGE)
+    assert values[0] == app.EXAMPLES["shapes-t2i"][0] and len(values) == 1 + FP_PARTS + SLOT_PARTS * app.NUM_SLOTS
+
+
+def test_a_model_without_shipped_examples_says_how_to_get_a_grid(tiny_image_model):
+    cols = _columns(app.show_example(tiny_image_model))
+    assert "press **Compare**" in cols["header"] and cols["fp"][1] is None
+
+
+def test_distributions_and_trajectory_open_on_shipped_cases():
+    layer, group, *figs, table, caption = app.shipped_distributions(IMAGE)
+    assert layer == "transformer_blocks.7.attn2.to_q" and group == 3
+    assert all(isinstance(f, go.Figure) for f in figs) and list(table["group"]) == [0, 1, 2, 3]
+    assert "Precomputed" in caption and "trdq w3a3" in caption
+    curve, heat, caption = app.shipped_trajectory(IMAGE)
+    assert len(curve.data[0].y) == 20 and isinstance(heat, go.Figure) and "Precomputed" in caption
+    *_, caption = app.shipped_distributions("shapes-t2v (video, Latte)")  # no shipped case: says what to press
+    assert "press **List layers**" in caption and "press **Measure**" in app.shipped_trajectory("video")[2]
+
+
+def test_bits_notes_say_when_savings_are_simulated_only():
+    assert "simulated only" in app.bits_note("w3a3") and "W4A8 containers" in app.bits_note("w3a3")
+    assert "natively" in app.bits_note("w4a8") and "natively" in app.bits_note("w8a8")
+    assert "2..8" in app.bits_note("w1a8")
+    assert "Slots 1, 2" in app.slots_note("rtn", "w3a3", "trdq", "w3a3", "off", "w2a2", "rtn", "w8a8")
+    assert app.slots_note("rtn", "w8a8", "off", "w3a3", "off", "w3a3", "off", "w3a3") == ""
+
+
+# ---------------------------------------------------------------- the other tabs
+
+
+def test_demo_is_a_blocks_app_with_its_tabs_each_opening_with_a_guide():
+    assert isinstance(app.demo, gr.Blocks)
+    labels = {b.label for b in app.demo.blocks.values() if isinstance(b, gr.Tab)}
+    assert labels >= set(app.GUIDES) == {"Compare", "Quantize", "Distributions", "Trajectory", "Benchmark"}
+    assert {"w8a8", "w6a6", "w4a8", "w4a4", "w3a4", "w4a3", "w3a3", "w2a4", "w2a8"} <= set(app.BITS)
+
+
 def test_quantize_sets_alpha_per_group_and_says_when_it_reuses_a_calibration():
-    args = _config(method="viditq", groups=2, search_alpha=False)
+    args = _quantize_config(method="viditq", groups=2, search_alpha=False)
     alphas = [0.3, 0.7] + [0.5] * (app.MAX_GROUPS - 2)
     first = app.quantize(IMAGE, *args, *alphas)
     assert "alpha_g 0.3, 0.7" in first and "2 time groups" in first
     assert "Taken from the cache" in app.quantize(IMAGE, *args, *alphas)
 
 
-def test_attention_sharing_is_reported_with_the_compute_it_skips():
-    _, _, _, q_info = _compare(share="1")
-    assert "sharing 1 layers" in q_info and "of uncond scores" in q_info
-
-
-def test_cfg_split_runs_with_coarser_uncond_bits():
-    _, _, q_image, q_info = _compare(method="trdq", groups=2, bits="w8a8", cfg_split=True, uncond_bits="w4a4")
-    assert q_image.shape == (256, 256, 3) and "W8A8/UNCOND-W4A4" in q_info
-
-
 def test_distributions_and_trajectory_draw_their_figures():
-    args = _config(method="trdq", groups=2, rotation="duquant", block_size=32)
+    args = _quantize_config(method="trdq", groups=2, rotation="duquant", block_size=32)
     layer, group = app.layer_choices(IMAGE, *args, *ALPHAS)
     assert layer.value == "transformer_blocks.0.attn1.to_q" and group.maximum == 1
-    *figs, table = app.distributions(IMAGE, layer.value, 1, 4, 4.5, *args, *ALPHAS)
+    *figs, table, caption = app.distributions(IMAGE, layer.value, 1, 4, 4.5, *args, *ALPHAS)
     assert all(isinstance(f, go.Figure) for f in figs) and len(figs) == 4
-    assert list(table["group"]) == [0, 1]
-    curve, heat = app.trajectory(IMAGE, 4, 4.5, *args, *ALPHAS)
-    assert len(curve.data[0].y) == 4 and isinstance(heat, go.Figure)
+    assert list(table["group"]) == [0, 1] and "Computed now" in caption
+    curve, heat, caption = app.trajectory(IMAGE, 4, 4.5, *args, *ALPHAS)
+    assert len(curve.data[0].y) == 4 and isinstance(heat, go.Figure) and "Computed now" in caption
     with pytest.raises(gr.Error, match="Pick a layer"):
         app.distributions(IMAGE, "", 0, 4, 4.5, *args, *ALPHAS)
 
@@ -112,7 +335,7 @@ def test_benchmark_tab_reads_the_reports():
         app.benchmark("bench-missing.json")
 
 
-def test_a_clip_becomes_an_animated_gif(tmp_path):
+def test_a_clip_becomes_an_animated_gif():
     clip = np.zeros((4, 16, 16, 3), dtype=np.uint8)
     for f in range(4):
         clip[f, :, 2 * f:2 * f + 8] = 200  # a bar moving right
@@ -120,21 +343,6 @@ def test_a_clip_becomes_an_animated_gif(tmp_path):
     assert path.endswith(".gif") and Image.open(path).n_frames == 4
     assert app.media(clip[0]).shape == (64, 64, 3)  # enlarged 4x, nearest neighbour
     assert (app.media(clip[0])[::4, ::4] == clip[0]).all()
-
-
-def test_video_model_compares_clips(monkeypatch, tiny_latte):
-    monkeypatch.setitem(app.MODELS, "tiny video", "tiny-latte")
-    monkeypatch.setattr(app, "AVAILABLE", [*app.AVAILABLE, "tiny video"])
-    monkeypatch.setitem(app.CALIBRATION, "tiny-latte", 2)
-    monkeypatch.setitem(app.EXAMPLES, "tiny-latte", ["a small red circle moving up"])
-    real_fp = app.fp_model
-    monkeypatch.setattr(app, "fp_model", lambda name: tiny_latte if name == "tiny-latte" else real_fp(name))
-    app.quantized_model.cache_clear()
-    app.executed_model.cache_clear()
-    fp_clip, _, q_clip, q_info = _compare(model="tiny video", prompt="a small red circle moving up", steps=2)
-    assert fp_clip.endswith(".gif") and Image.open(q_clip).n_frames == 4 and "simulated" in q_info
-    app.quantized_model.cache_clear()
-    app.executed_model.cache_clear()
 
 
 def test_gradio_client_round_trip():
@@ -146,11 +354,12 @@ def test_gradio_client_round_trip():
         files = app.benchmark_files()
         table, _ = client.predict(files[0], api_name="/benchmark")
         assert "| backend |" in table
-        fp_image, fp_info, q_image, q_info = client.predict(
-            IMAGE, "a small blue star on the left", 3, 2, 4.5, *_config(), "off", "simulated", *ALPHAS,
-            api_name="/compare")
-        assert "full precision" in fp_info and "simulated" in q_info
-        assert np.asarray(Image.open(q_image)).shape == (256, 256, 3)
+        values = client.predict(IMAGE, "a small blue star on the left", 3, 2, 4.5, *_slots([("rtn", "w8a8")]),
+                                *RECIPE.values(), *ALPHAS, api_name="/compare")
+        cols = _columns(list(values))
+        assert "full precision" in cols["fp"][0] and "simulated" in cols["slots"][0][0]
+        assert np.asarray(Image.open(cols["slots"][0][1])).shape == (256, 256, 3)
+        assert np.asarray(Image.open(cols["slots"][0][2])).shape == (256, 256, 3)
     finally:
         app.demo.close()
 
