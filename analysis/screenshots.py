@@ -3,8 +3,8 @@ by Playwright; nothing is downloaded).
 
     python -m analysis screenshots --out assets/screenshots
 
-The app is served from this process on a free local port; each tab is opened, its main button
-pressed, and the page captured once the result has appeared.
+The app is served from this process on a free local port; each tab is opened and captured with the
+precomputed case it opens on (``python -m analysis examples``), the Benchmark tab after Show.
 """
 
 from __future__ import annotations
@@ -61,52 +61,57 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-def run_comparison(page) -> None:
-    """Press Compare on the Compare tab and wait until the quantized output's facts are shown."""
+def wait_for_grid(page, source: str, timeout_ms: float = RESULT_TIMEOUT_MS) -> None:
+    """Wait until the Compare grid's header names ``source`` (``precomputed`` or ``computed now``)
+    and every column's facts are drawn."""
+    page.locator(".grid-header").get_by_text(source).first.wait_for(timeout=timeout_ms)
+    page.locator(".grid-fp").get_by_text("detector").wait_for(timeout=timeout_ms)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the dropdown labelled ``label``."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def run_comparison(page, slots: list[tuple[str, str]] | None = None) -> None:
+    """Press Compare on the Compare tab (after setting the slots' methods and bits, if given) and
+    wait until the grid is computed."""
     open_tab(page, "Compare")
+    for k, (method, bits) in enumerate(slots or [], start=1):
+        choose(page, f"Slot {k} method", method)
+        choose(page, f"Slot {k} bits", bits)
     page.get_by_role("button", name="Compare", exact=True).click()
-    page.get_by_text("PSNR vs FP").wait_for(timeout=RESULT_TIMEOUT_MS)
+    wait_for_grid(page, "computed now")
 
 
 def take(out: Path) -> list[Path]:
-    """Screenshot every tab into ``out``; returns the files written."""
+    """Screenshot every tab into ``out`` as the page opens (each tab shows its shipped case; the
+    Benchmark tab after pressing Show); returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     shots = []
+
+    def shoot(name: str) -> None:
+        page.wait_for_timeout(1500)  # plotly draws after the data arrives
+        shots.append(out / f"{name}.png")
+        page.screenshot(path=shots[-1], full_page=True)
+
     with served_app() as url, browser_page() as page:
         page.goto(url)
-        page.get_by_role("tab", name="Compare").wait_for()
-        run_comparison(page)
-        shots.append(out / "compare.png")
-        page.screenshot(path=shots[-1], full_page=True)
-
+        wait_for_grid(page, "precomputed")
+        shoot("compare")
         open_tab(page, "Quantize")
-        page.get_by_role("button", name="Quantize", exact=True).click()
-        page.get_by_text("linear layers quantized").wait_for(timeout=RESULT_TIMEOUT_MS)
-        shots.append(out / "quantize.png")
-        page.screenshot(path=shots[-1], full_page=True)
-
+        shoot("quantize")
         open_tab(page, "Distributions")
-        page.get_by_role("button", name="List layers").click()
-        page.wait_for_timeout(3000)
-        page.get_by_role("button", name="Show", exact=True).first.click()
         page.locator(".js-plotly-plot").first.wait_for(timeout=RESULT_TIMEOUT_MS)
-        page.wait_for_timeout(2000)
-        shots.append(out / "distributions.png")
-        page.screenshot(path=shots[-1], full_page=True)
-
+        shoot("distributions")
         open_tab(page, "Trajectory")
-        page.get_by_role("button", name="Measure").click()
         page.get_by_text("noise-prediction SQNR vs FP per step").wait_for(timeout=RESULT_TIMEOUT_MS)
-        page.wait_for_timeout(2000)
-        shots.append(out / "trajectory.png")
-        page.screenshot(path=shots[-1], full_page=True)
-
+        shoot("trajectory")
         open_tab(page, "Benchmark")
         page.get_by_role("button", name="Show", exact=True).last.click()
         page.get_by_text("step vs fp32").first.wait_for(timeout=RESULT_TIMEOUT_MS)
-        page.wait_for_timeout(2000)
-        shots.append(out / "benchmark.png")
-        page.screenshot(path=shots[-1], full_page=True)
+        shoot("benchmark")
     for path in shots:
         log.info("wrote %s", path)
     return shots
