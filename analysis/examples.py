@@ -188,8 +188,9 @@ def load_case(model_name: str, kind: str, folder: Path = EXAMPLES_DIR) -> dict |
 
 
 def build(model_name: str, out: Path = EXAMPLES_DIR, prompts: Sequence[str] | None = None) -> list[Path]:
-    """Compute and write every shipped answer of one embedded model; returns the files' folder
-    entries written (grid.json and the cases)."""
+    """Compute and write every shipped answer of one embedded model: its grid for ``prompts``
+    (default: the first :data:`SHIPPED` of :data:`PROMPTS`) and, for models in :data:`CASES`, the
+    Distributions and Trajectory cases. Returns the JSON files written."""
     import torch
 
     from analysis.collect import collect_layer
