@@ -239,8 +239,8 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
                          f"fitted=fit(spec, {backend.bits!r}, folder)")
     fitted.check(built.transformer)
     q = trdq.load(fitted.folder, base=built.model)
-    # free the FP model before realizing; only the shared deployment rebuilds codes from its weights
-    base = built.model if backend.deployment == "shared" else None
+    # free the FP model before realizing; only the shared and jit deployments rebuild codes from its weights
+    base = built.model if backend.deployment in ("shared", "jit") else None
     built.model = built.transformer = None
     if backend.execution == REAL:
         q = trdq.realize(q, deployment=backend.deployment, base=base, dtype=getattr(torch, spec.real_dtype),
