@@ -64,4 +64,4 @@ def table(path: Path) -> str:
     return (f"| load (`import app`) | precomputed grid (read from assets/examples) | first comparison "
             f"(defaults: {slots}; {d['groups']} groups, {d['steps']} steps) |\n|---|---|---|\n"
             f"| {r['load_s']:.1f} s | {r['shipped_grid_s']:.2f} s | {r['first_comparison_s']:.1f} s |\n\n"
-            f"{m['cpu']}, {m['usable_cores']} cores, threads {m['threads']}, {m['date'][:10]}.")
+            f"{m['cpu']}{' (' + m['cpu_class'] + ')' if m.get('cpu_class') else ''}, {m['usable_cores']} cores, threads {m['threads']}, {m['date'][:10]}.")

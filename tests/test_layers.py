@@ -2,10 +2,18 @@ import pytest
 import torch
 from torch import nn
 
-from trdq import layers
+from trdq import cpu, kernels, layers
 from trdq import quantizer as Q
 from trdq import rotation as R
-from trdq.layers import GroupTransform, IntLinear, OnlineTransform, QuantLinear, SharedIntLinear
+from trdq.layers import (
+    GroupTransform,
+    IntLinear,
+    OnlineTransform,
+    QuantLinear,
+    SharedIntLinear,
+    fbgemm_quantized_linear,
+    quantized_linear,
+)
 from trdq.smoothing import smoothing_factors
 from trdq.timegroups import GroupIndex, GroupState
 
@@ -125,3 +133,17 @@ def test_large_cpu_outputs_are_computed_in_row_chunks_with_the_same_result(monke
     assert layers.row_chunk(64, 48, torch.device("meta")) == 64
     x_long = torch.cat([x] * 3, dim=1)  # (4, 48, 72): 192 rows -> 3 calls
     assert torch.equal(real(x_long), torch.cat([whole] * 3, dim=1))
+
+
+@pytest.mark.skipif(not cpu.fbgemm_available(), reason="this torch build has no fbgemm")
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_fbgemm_layer_path_gives_the_int_mm_outputs(compiled, symmetric):
+    gen = torch.Generator().manual_seed(5)
+    x, w, bias = torch.randn(2, 70, 72, generator=gen), torch.randn(40, 72, generator=gen) * 0.1, torch.randn(40)
+    codes, scale = kernels.quantize_weight_int8(w, 4)
+    rowsum = kernels.weight_rowsum(codes)
+    expected = quantized_linear(x.reshape(-1, 72), codes, scale, rowsum, False, bias, 8, symmetric, torch.float32)
+    out = fbgemm_quantized_linear(x.reshape(-1, 72), kernels.fbgemm_prepack(codes), scale, rowsum, bias, 8,
+                                  symmetric, torch.float32, compiled)
+    assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6)

@@ -302,14 +302,25 @@ def int8_linear(
     """
     lead, n, k = x_codes.shape[:-1], w_scale.shape[0], x_codes.shape[-1]
     acc = int_gemm(x_codes.reshape(-1, k), w_codes, gemm, prepared)  # (M, N) int32, or float32 integers
+    if x_zero is not None and w_rowsum is None:
+        w_rowsum = weight_rowsum(w_codes)
+    return int8_epilogue(acc, x_scale, x_zero, w_rowsum, w_scale, bias, out_dtype).reshape(*lead, n)
+
+
+def int8_epilogue(acc: torch.Tensor, x_scale: torch.Tensor, x_zero: torch.Tensor | None,
+                  w_rowsum: torch.Tensor | None, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """What follows the int8 GEMM in :func:`int8_linear`: the zero point removed as
+    ``x_zero * w_rowsum``, one rescale by ``x_scale * w_scale.T``, the bias; acc (M, N) int32 or
+    float32 integers, x_scale/x_zero (M, 1) (any leading shape flattening to M) -> (M, N)."""
+    n = w_scale.shape[0]
     if x_zero is not None:
-        rowsum = weight_rowsum(w_codes) if w_rowsum is None else w_rowsum
-        acc = acc - x_zero.reshape(-1, 1).to(acc.dtype) * rowsum.reshape(1, n).to(acc.dtype)
+        acc = acc - x_zero.reshape(-1, 1).to(acc.dtype) * w_rowsum.reshape(1, n).to(acc.dtype)
     scale = x_scale.reshape(-1, 1).float() * w_scale.reshape(1, n).float()  # (M, N)
     y = acc.float() * scale
     if bias is not None:
         y = y + bias.float()
-    return y.to(out_dtype).reshape(*lead, n)
+    return y.to(out_dtype)
 
 
 def int8_linear_ref(

@@ -188,10 +188,34 @@ def quantized_linear(xt: torch.Tensor, w_store: torch.Tensor, w_scale: torch.Ten
     :func:`trdq.kernels.int_gemm`) and its dequantizing epilogue; (..., C_in) -> (..., C_out)
     in ``out_dtype``. This is what :func:`compiled_quantized_linear` fuses."""
     codes, scale, zero = kernels.quantize_per_token_int8(xt.float(), a_bits, a_symmetric)
-    # fbgemm multiplies its own prepared copy of the codes
-    w_codes = None if gemm == "fbgemm" else kernels.unpack_int4(w_store) if packed else w_store
+    w_codes = kernels.unpack_int4(w_store) if packed else w_store
     return kernels.int8_linear(codes, scale, zero, w_codes, w_scale, bias, out_dtype=out_dtype, w_rowsum=w_rowsum,
                                gemm=gemm, prepared=prepared)
+
+
+def _float_codes(xt: torch.Tensor, a_bits: int, a_symmetric: bool):
+    """Per-token codes of ``xt`` as float32 integers (what fbgemm's op reads), scale and zero."""
+    codes, scale, zero = kernels.quantize_per_token_int8(xt.float(), a_bits, a_symmetric)
+    return codes.float(), scale, zero
+
+
+@functools.cache
+def compiled_fbgemm_stages():
+    """The activation quantization and the epilogue around fbgemm's GEMM, each under
+    ``torch.compile``: fbgemm's packed weight is an opaque object compile does not trace, so
+    the GEMM stays eager between two fused stages."""
+    return torch.compile(_float_codes, dynamic=True), torch.compile(kernels.int8_epilogue, dynamic=True)
+
+
+def fbgemm_quantized_linear(xt: torch.Tensor, packed_w, w_scale: torch.Tensor, w_rowsum: torch.Tensor,
+                            bias: torch.Tensor | None, a_bits: int, a_symmetric: bool, out_dtype: torch.dtype,
+                            compiled: bool = False) -> torch.Tensor:
+    """:func:`quantized_linear` for the fbgemm GEMM (``packed_w`` from :func:`trdq.kernels.fbgemm_prepack`):
+    rows (M, C_in) -> (M, C_out), with the stages around the GEMM compiled if ``compiled``."""
+    quantize, epilogue = compiled_fbgemm_stages() if compiled else (_float_codes, kernels.int8_epilogue)
+    codes, scale, zero = quantize(xt, a_bits, a_symmetric)
+    acc = kernels.int_gemm(codes, None, "fbgemm", packed_w)  # (M, C_out) float32 integers
+    return epilogue(acc, scale, zero, w_rowsum, w_scale, bias, out_dtype)
 
 
 # Largest int32 accumulator (rows x C_out) one CPU call makes. glibc serves blocks above its mmap
@@ -333,15 +357,20 @@ class IntLinear(nn.Module):
         with torch.profiler.record_function(ONLINE_TRANSFORM):  # the benchmark sums its time
             xt = self.transforms[g].apply(x, self.compiled)
         gemm = self.gemm if x.device.type == "cpu" else "int_mm"  # the choice is the CPU's
-        # fbgemm's packed weight is an opaque object that torch.compile does not trace
-        call = compiled_quantized_linear() if self.compiled and gemm != "fbgemm" else quantized_linear
         bias = None if self.bias is None else self.bias.detach()  # a plain tensor: compile keeps its size dynamic
         stored = self._stored(g)
         prepared = None if gemm == "int_mm" else self._prepare(self.copy_of_group[g])
         rows = xt.reshape(-1, self.in_features)
         step = row_chunk(len(rows), self.out_features, x.device)
-        out = [call(rows[i:i + step], *stored, self.packed, bias, self.a_bits, self.a_symmetric, x.dtype,
-                    gemm, prepared) for i in range(0, len(rows), step)]
+        if gemm == "fbgemm":
+            _, w_scale, w_rowsum = stored
+            out = [fbgemm_quantized_linear(rows[i:i + step], prepared, w_scale, w_rowsum, bias, self.a_bits,
+                                           self.a_symmetric, x.dtype, self.compiled)
+                   for i in range(0, len(rows), step)]
+        else:
+            call = compiled_quantized_linear() if self.compiled else quantized_linear
+            out = [call(rows[i:i + step], *stored, self.packed, bias, self.a_bits, self.a_symmetric, x.dtype,
+                        gemm, prepared) for i in range(0, len(rows), step)]
         return (out[0] if len(out) == 1 else torch.cat(out)).reshape(*x.shape[:-1], self.out_features)
 
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
