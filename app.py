@@ -38,6 +38,7 @@ from analysis import compare as grid
 from analysis import examples as shipped
 from analysis.compare import CALIBRATION, DEFAULT_SLOTS
 from trdq.config import METHODS, ROTATIONS, parse_bits
+from trdq.cpu import cpu_info
 from trdq.models.loader import EMBEDDED
 from trdq.worlds import world
 
@@ -51,7 +52,8 @@ DISPLAY_SCALE = 4  # the embedded models draw 64x64; shown at 256x256
 RESULTS = Path(__file__).resolve().parent / "assets" / "results"
 EXAMPLES = shipped.PROMPTS
 EXECUTIONS = {"simulated": None, "real integer (per-group weights)": "per-group",
-              "real integer (one shared weight copy)": "shared"}
+              "real integer (one shared weight copy)": "shared",
+              "real integer (one int8 master, codes built per call)": "jit"}
 SHARING = ["off", "1", "2", "4", "0.9", "25%", "50%"]
 
 
@@ -386,7 +388,10 @@ def shipped_trajectory(model_label: str):
 
 
 def benchmark_files() -> list[str]:
-    return sorted(p.name for p in RESULTS.glob("bench-*.json"))
+    """The bench reports, this CPU class's PixArt-XL report first (AVX2-only CPUs run other
+    kernels than VNNI ones, see README "Speed and memory")."""
+    own = "bench-pixart-xl-random-512.json" if cpu_info().int8_dot else "bench-pixart-xl-random-512-avx2.json"
+    return sorted((p.name for p in RESULTS.glob("bench-*.json")), key=lambda name: (name != own, name))
 
 
 def benchmark(file: str) -> tuple[str, go.Figure]:
@@ -456,8 +461,11 @@ GUIDES = {
     ),
     "Benchmark": (
         "Measured step latency and weight memory of `python -m trdq bench` per backend: fp32, bf16/fp16, and "
-        "the simulated and real integer paths. Simulated quantization is slower than FP (it adds work); only "
-        "the real integer path can be faster, and the table says where its time goes."
+        "the simulated and real integer paths, and torchao's and optimum-quanto's W8A8 where measured. "
+        "Simulated quantization is slower than FP (it adds work); only the real integer path can be faster, "
+        "and the table says where its time goes. CPUs differ: the report of this machine's class opens "
+        "first (with VNNI, int8 and bf16 are fast; on AVX2 only, bf16 and torch's int8 GEMM are slower "
+        "than fp32, so trdq runs fbgemm or exact fp32 GEMMs there)."
     ),
 }
 
