@@ -3,12 +3,14 @@
 The simulated path (``QuantLinear`` with :mod:`trdq.quantizer`'s fake quantization) rounds values
 to the integer grid but multiplies in floating point, so it shows accuracy and nothing else.
 Results computed through this module are labelled "real integer": activations and weights are
-stored as integer codes, the matrix product runs in ``torch._int_mm`` (int8 x int8 -> int32) and
-floats come back only through one fused rescale per output. Both paths share the quantizer's grids,
-so they agree up to float32 rounding, which the tests check.
+stored as integer codes, the matrix product of the codes is exact (``torch._int_mm``, int8 x int8
+-> int32; on CPUs without VNNI fbgemm's int8 kernel or fp32 GEMMs over exact K chunks, see
+:func:`int_gemm`) and floats come back only through one rescale per output. Both paths share the
+quantizer's grids, so they agree up to float32 rounding, which the tests check.
 
-Every function is pure (tensors in, tensors out, on the inputs' device) and has a plain-torch
-``*_ref`` twin that states what it computes; the twins are for tests, not for speed.
+Every function is pure (tensors in, tensors out, on the inputs' device); the GEMMs are tested
+against :func:`int_mm_ref`, and the others have a plain-torch ``*_ref`` twin that states what
+they compute; the twins are for tests, not for speed.
 
 Grids: weights are symmetric per output channel, codes in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``.
 Activations are quantized per token; asymmetric codes are shifted by ``2^(b-1)`` from the
