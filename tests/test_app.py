@@ -48,18 +48,23 @@ def _quantize_config(**kw):
     return [c[k] for k in QUANTIZE]
 
 
-@pytest.fixture
-def tiny_image_model(monkeypatch, tiny_pixart):
-    """The app serving a tiny random PixArt as a third model: grids calibrate in seconds."""
-    monkeypatch.setitem(app.MODELS, "tiny image", "tiny-pixart")
-    monkeypatch.setattr(app, "AVAILABLE", [*app.AVAILABLE, "tiny image"])
-    monkeypatch.setitem(app.CALIBRATION, "tiny-pixart", 2)
-    monkeypatch.setitem(app.EXAMPLES, "tiny-pixart", ["a small red circle on the left"])
+def _serve_tiny(monkeypatch, label: str, name: str, model, example: str) -> str:
+    """Have the app serve ``model`` as one more model, ``label`` in the picker: grids calibrate in seconds."""
+    monkeypatch.setitem(app.MODELS, label, name)
+    monkeypatch.setattr(app, "AVAILABLE", [*app.AVAILABLE, label])
+    monkeypatch.setitem(app.CALIBRATION, name, 2)
+    monkeypatch.setitem(app.EXAMPLES, name, [example])
     real_fp = app.fp_model
-    monkeypatch.setattr(app, "fp_model", lambda name: tiny_pixart if name == "tiny-pixart" else real_fp(name))
+    monkeypatch.setattr(app, "fp_model", lambda n: model if n == name else real_fp(n))
     app.quantized_model.cache_clear()
     app.executed_model.cache_clear()
-    yield "tiny image"
+    return label
+
+
+@pytest.fixture
+def tiny_image_model(monkeypatch, tiny_pixart):
+    """The app serving a tiny random PixArt as a third model."""
+    yield _serve_tiny(monkeypatch, "tiny image", "tiny-pixart", tiny_pixart, "a small red circle on the left")
     app.quantized_model.cache_clear()
     app.executed_model.cache_clear()
 
@@ -150,14 +155,7 @@ def test_cfg_split_runs_with_coarser_uncond_bits():
 
 
 def test_video_model_compares_clips_with_error_clips_and_direction(monkeypatch, tiny_latte):
-    monkeypatch.setitem(app.MODELS, "tiny video", "tiny-latte")
-    monkeypatch.setattr(app, "AVAILABLE", [*app.AVAILABLE, "tiny video"])
-    monkeypatch.setitem(app.CALIBRATION, "tiny-latte", 2)
-    monkeypatch.setitem(app.EXAMPLES, "tiny-latte", ["a small red circle moving up"])
-    real_fp = app.fp_model
-    monkeypatch.setattr(app, "fp_model", lambda name: tiny_latte if name == "tiny-latte" else real_fp(name))
-    app.quantized_model.cache_clear()
-    app.executed_model.cache_clear()
+    _serve_tiny(monkeypatch, "tiny video", "tiny-latte", tiny_latte, "a small red circle moving up")
     cols = _columns(_compare(model="tiny video", prompt="a small red circle moving up", steps=2))
     _, fp_clip, fp_facts = cols["fp"]
     title, q_clip, error, facts = cols["slots"][0]
