@@ -23,7 +23,7 @@ def test_vae_then_t2i_make_a_pipeline_that_loads_and_resumes(tmp_path: Path):
     assert model.settings.world == "shapes"
     args.out, args.init_from, args.init_step, args.steps = tmp_path / "fresh", tmp_path / "pipe", 3, 4
     t2i.train(args)  # a fresh machine: no state.pt, continue from the exported weights
-    assert torch.load(tmp_path / "fresh" / "state.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "fresh" / "state.pt", weights_only=True)["step"] == 4
 
 
 def test_detector_training_saves_a_loadable_model(tmp_path: Path):
@@ -62,7 +62,7 @@ def test_t2v_starts_from_the_image_model_and_resumes(tmp_path: Path):
     t2v.train(args)
     loaded = load_model(str(tmp_path / "pipe"))
     assert loaded.settings.world == "moving-shapes" and loaded.settings.num_frames == 4
-    assert torch.load(tmp_path / "t2v" / "state.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "t2v" / "state.pt", weights_only=True)["step"] == 3
 
 
 def test_t2v_clip_pool_is_the_same_rendered_in_worker_processes():

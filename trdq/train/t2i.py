@@ -29,6 +29,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, PixArtAlphaPipeline
 from trdq import shapes
 from trdq.models.loader import SETTINGS_FILE
 from trdq.train import components
+from trdq.train.state import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,10 @@ def update(loss: torch.Tensor, opt: torch.optim.Optimizer, model: torch.nn.Modul
     ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
 
 
-def save_state(path: Path, model, ema, opt, step: int, seconds: float) -> None:
+def save_training(path: Path, model, ema, opt, step: int, seconds: float) -> None:
     """The resume state: weights, EMA, optimizer, step and training seconds."""
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "step": step, "seconds": seconds}, path)
+    save_state(path, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                      "step": step, "seconds": seconds})
 
 
 def export(path: Path, tokenizer, text_encoder, transformer, vae, training: dict) -> None:
@@ -128,7 +129,7 @@ def train(args) -> None:
     noise = DDPMScheduler.from_config(components.build_scheduler().config)
     step, seconds, state_path = 0, 0.0, args.out / "state.pt"
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = load_state(state_path, required=("model", "ema", "opt", "step"))
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -176,7 +177,7 @@ def train(args) -> None:
             quarter = args.pool_size // 4
             pool.refresh((step // args.refresh_every) % 4 * quarter, quarter, round_=step)
         if step % args.save_every == 0 or step == last_step:
-            save_state(state_path, model, ema, opt, step, seconds)
+            save_training(state_path, model, ema, opt, step, seconds)
         if step % args.export_every == 0 or step == last_step:
             export(args.export, tokenizer, ema["text_encoder"], ema["transformer"], vae,
                    {"steps": step, "batch_size": args.batch_size, "train_seconds": round(seconds)})

@@ -35,7 +35,8 @@ from trdq import motion
 from trdq.models.loader import SETTINGS_FILE
 from trdq.sampling import fixed_layout
 from trdq.train import components
-from trdq.train.t2i import save_state, update
+from trdq.train.state import load_state
+from trdq.train.t2i import save_training, update
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def train(args) -> None:
     noise = DDPMScheduler.from_config(components.build_scheduler().config)
     step, seconds, state_path, before = 0, 0.0, args.out / "state.pt", "shapes-t2i"
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False, map_location="cpu")
+        state = load_state(state_path, required=("model", "ema", "opt", "step"))
         model.load_state_dict(state["model"])
         ema = copy.deepcopy(model).requires_grad_(False)
         ema.load_state_dict(state["ema"])
@@ -223,7 +224,7 @@ def train(args) -> None:
             quarter = args.pool_size // 4
             pool.refresh((step // args.refresh_every) % 4 * quarter, quarter, round_=step)
         if step % args.save_every == 0 or step == last_step:
-            save_state(state_path, model, ema, opt, step, seconds)
+            save_training(state_path, model, ema, opt, step, seconds)
         if step % args.export_every == 0 or step == last_step:
             weights = copy.deepcopy(ema).cpu()
             export(args.export, tokenizer, weights["text_encoder"], weights["transformer"], vae_cpu, args.frames,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from trdq import shapes
 from trdq.train.components import build_vae, images_to_tensor
+from trdq.train.state import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, kl_weight: float, s
     step = 0
     state_path = out / "state.pt"
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = load_state(state_path)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
@@ -66,7 +67,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, kl_weight: float, s
             log.info("step %d rec %.5f  %.2f s/step", step, rec.item(), (time.time() - t0) / 50)
             t0 = time.time()
         if step % save_every == 0 or step == steps:
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
+            save_state(state_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
     finalize(vae, out / "vae", seed)
 
 
