@@ -24,6 +24,7 @@ from trdq import cpu, kernels
 from trdq.calibrate import Calibration
 from trdq.cfg import BRANCHES, CFGSplitTransformer
 from trdq.config import QuantConfig, TimeGroups
+from trdq.fingerprint import fingerprint
 from trdq.layers import EXECUTION, IntLinear, QuantLinear, SharedIntLinear
 from trdq.methods import fit_layer, num_groups
 from trdq.models.adapters import Adapter, UnsupportedArchitectureError, adapter_for
@@ -40,6 +41,7 @@ class QuantInfo:
     index: GroupIndex
     base_model: str
     execution: str = "simulated"
+    base_fingerprint: dict | None = None  # trdq.fingerprint of the FP transformer it was made from
 
 
 Model = LoadedModel | DiffusionPipeline | nn.Module
@@ -193,7 +195,7 @@ def convert(prepared: Prepared) -> Model:
         replace_module(transformer, name, QuantLinear.from_linear(
             fp, transforms, config.w_bits, config.a_bits, state, config.w_group_size, config.a_symmetric))
     base = prepared.model.name if prepared.model is not None else type(transformer).__name__
-    info = QuantInfo(config, prepared.index, base)
+    info = QuantInfo(config, prepared.index, base, base_fingerprint=fingerprint(prepared.transformer))
     track_quantized(transformer, state, info)
     if prepared.model is None:
         return transformer

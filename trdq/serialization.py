@@ -5,36 +5,60 @@ thresholds, per-layer alphas, transform kinds and rotation structure) and ``quan
 (int8 weight codes and float64 scales per group, biases, smoothing factors, and the rotations as
 their factors: blocks, permutations, signs; a Hadamard is rebuilt from its order). Everything else comes from
 the base model, so loading needs the base model but no calibration, and gives bit-identical outputs.
+
+Loading trusts nothing in the folder: every field and tensor is checked (presence, dtype, shape
+against the base model's layers, finite positive scales, codes on the grid, rotations of the
+layer's width) and the base model's weights against the fingerprint taken when the model was
+quantized, before anything is built. Each problem is one :class:`SavedModelError` naming the file
+and the field. Saving writes a new folder beside the target and renames it into place, so an
+interrupted save leaves the previous one intact.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from trdq.api import Model, QuantInfo, quant_info, replace_module, rewrap, track_quantized, transformer_of
 from trdq.config import QuantConfig
+from trdq.fingerprint import mismatch
 from trdq.layers import EXECUTION, GroupTransform, QuantLinear
 from trdq.models.loader import load_model
+from trdq.quantizer import MAX_BITS, MIN_BITS
 from trdq.rotation import Rotation
 from trdq.timegroups import GroupIndex, GroupState
 
-FORMAT = "trdq-simulated-v2"  # v2: rotations stored as their factors
+FORMAT = "trdq-simulated-v3"  # v3: the base model's fingerprint, and every field validated on load
 MANIFEST, TENSORS = "manifest.json", "quantized.safetensors"
+STAGES = ("signs", "blocks", "perm", "hadamard", "dense")
+
+
+class SavedModelError(ValueError):
+    """A saved quantized model that cannot be used as it is; the message names file and field."""
 
 
 def save(qmodel: Model, path: str | Path) -> Path:
-    """Write a quantized model's quantized state to folder ``path`` (created if needed).
+    """Write a quantized model's quantized state to folder ``path``.
+
+    The folder is written beside ``path`` and renamed into place: an earlier save there is
+    replaced only once the new one is complete.
 
     Args:
         qmodel: what :func:`trdq.quantize` returned (a model, a pipeline or a transformer).
 
     Raises:
-        ValueError: if ``qmodel`` is not a quantized model.
+        ValueError: if ``qmodel`` is not a quantized model, or ``path`` is a folder that holds
+            something other than a trdq save.
     """
     info = quant_info(qmodel)
     if info is None:
@@ -45,9 +69,12 @@ def save(qmodel: Model, path: str | Path) -> Path:
     if info.config.cfg_split:
         raise ValueError("CFG-split models (cfg_split=True) cannot be saved yet; quantize them again "
                          "from the FP model, or save a model quantized without cfg_split")
-    transformer = transformer_of(qmodel)
+    if info.base_fingerprint is None:
+        raise ValueError("this quantized model lacks its base model's fingerprint; quantize it again to save it")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST).exists())):
+        raise ValueError(f"{path} exists and is not a trdq save; choose a new or empty folder")
+    transformer = transformer_of(qmodel)
     tensors: dict[str, torch.Tensor] = {}
     layers = {}
     for name, m in transformer.named_modules():
@@ -65,12 +92,35 @@ def save(qmodel: Model, path: str | Path) -> Path:
                         "rotations": rotations, "a_bits": m.a_bits, "a_symmetric": m.a_symmetric}
     manifest = {
         "format": FORMAT, "execution": info.execution, "base_model": info.base_model,
-        "transformer_class": type(transformer).__name__,
+        "transformer_class": type(transformer).__name__, "base_fingerprint": info.base_fingerprint,
         "config": info.config.to_dict(), "thresholds": list(info.index.thresholds), "layers": layers,
     }
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / TENSORS))
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / TENSORS))
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
+        _replace_folder(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Move folder ``new`` to ``path``; an existing ``path`` is moved aside first and removed last."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+    os.replace(path, old / "save")
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old / "save", path)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _put_rotation(tensors: dict[str, torch.Tensor], key: str, rotation: Rotation) -> list:
@@ -106,43 +156,224 @@ def _get_rotation(tensors: dict[str, torch.Tensor], key: str, entry: list | None
     return Rotation(size, tuple(out))
 
 
-def load(path: str | Path, base: Model | None = None) -> Model:
-    """Rebuild a quantized model saved by :func:`save`.
+def load(path: str | Path, base: Model | str | None = None) -> Model:
+    """Rebuild a quantized model saved by :func:`save`, after checking everything in the folder.
 
     Args:
         path: the saved folder.
-        base: the full-precision model it was made from (a model, a pipeline or a transformer);
-            loaded by the manifest's name if None.
+        base: the full-precision model it was made from (a model, a pipeline or a transformer),
+            or a name for :func:`trdq.load_model` (the manifest's ``base_model`` is only a hint:
+            it is never loaded unless passed here).
 
     Returns:
-        The same kind of object as ``base`` (a :class:`LoadedModel` when loaded by name).
+        The same kind of object as ``base`` (a :class:`LoadedModel` when given a name).
 
     Raises:
-        FileNotFoundError / ValueError: for a folder that is not a trdq save, or a base model of
-            another architecture.
+        FileNotFoundError: for a folder without a manifest.
+        SavedModelError: (a ``ValueError``) naming the file and field of the first problem: a
+            missing, malformed or out-of-range field or tensor, or a base model whose weights are
+            not those the model was quantized from.
     """
     path = Path(path)
-    if not (path / MANIFEST).exists():
-        raise FileNotFoundError(f"{path} holds no {MANIFEST}; it was not written by trdq.save()")
-    manifest = json.loads((path / MANIFEST).read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported format {manifest.get('format')!r}; expected {FORMAT}")
-    base = base if base is not None else load_model(manifest["base_model"])
+    manifest = _read_manifest(path)
+    if base is None:
+        raise ValueError(f"trdq.load({str(path)!r}) needs the full-precision model it was made from: "
+                         f"pass base=... (the manifest says {manifest['base_model']!r}; pass that name to "
+                         "load it, if you trust the folder)")
+    if isinstance(base, str | Path):
+        base = load_model(str(base))
     fp = transformer_of(base)
+    where = path / MANIFEST
     if type(fp).__name__ != manifest["transformer_class"]:
-        raise ValueError(f"{path} quantizes a {manifest['transformer_class']}, but the base model has a "
-                         f"{type(fp).__name__}; pass the model it was made from")
-    tensors = load_file(str(path / TENSORS))
+        raise SavedModelError(f"{where}: transformer_class: {path} quantizes a {manifest['transformer_class']}, "
+                              f"but the base model has a {type(fp).__name__}; pass the model it was made from")
+    if differs := mismatch(manifest["base_fingerprint"], fp):
+        raise SavedModelError(f"{where}: base_fingerprint: the base model is not the one {path} was quantized "
+                              f"from ({differs}); pass that model ({manifest['base_model']!r})")
+    config = _field(where, "config", lambda: QuantConfig.from_dict(manifest["config"]))
+    thresholds = _thresholds(where, manifest["thresholds"])
+    tensors = _read_tensors(path / TENSORS)
+    index = GroupIndex(thresholds)
+    built = {name: _layer(path, name, meta, tensors, fp, config, index.num_groups)
+             for name, meta in _layers(where, manifest["layers"]).items()}
+    if unused := sorted(set(tensors) - _expected_keys(built)):
+        raise SavedModelError(f"{path / TENSORS}: {unused[0]}: a tensor no layer of the manifest uses "
+                              f"({len(unused)} such); the folder was altered")
     transformer = copy.deepcopy(fp)
-    index = GroupIndex(tuple(manifest["thresholds"]))
     state = GroupState(index)
-    for name, meta in manifest["layers"].items():
-        transforms = [GroupTransform(delta=tensors.get(f"{name}.{g}.delta"), alpha=alpha,
-                                     rotation=_get_rotation(tensors, f"{name}.{g}", stages))
-                      for g, (alpha, stages) in enumerate(zip(meta["alphas"], meta["rotations"]))]
-        replace_module(transformer, name, QuantLinear(
-            tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"], tensors.get(f"{name}.bias"), transforms,
-            meta["a_bits"], meta["a_symmetric"], state))
-    info = QuantInfo(QuantConfig.from_dict(manifest["config"]), index, manifest["base_model"], manifest["execution"])
+    for name, (codes, scale, bias, transforms, a_bits, a_symmetric, _) in built.items():
+        replace_module(transformer, name, QuantLinear(codes, scale, bias, transforms, a_bits, a_symmetric, state))
+    info = QuantInfo(config, index, manifest["base_model"], manifest["execution"],
+                     base_fingerprint=manifest["base_fingerprint"])
     track_quantized(transformer, state, info)
     return rewrap(base, transformer)
+
+
+def _fail(where: Path, field: str, problem: str) -> SavedModelError:
+    return SavedModelError(f"{where}: {field}: {problem}")
+
+
+def _field(where: Path, field: str, build):
+    try:
+        return build()
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise _fail(where, field, f"{type(err).__name__}: {err}") from None
+
+
+def _read_manifest(path: Path) -> dict:
+    where = path / MANIFEST
+    if not where.exists():
+        raise FileNotFoundError(f"{path} holds no {MANIFEST}; it was not written by trdq.save()")
+    try:
+        manifest = json.loads(where.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _fail(where, "(whole file)", f"not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise _fail(where, "(whole file)", "not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise _fail(where, "format", f"unsupported format {manifest.get('format')!r}; expected {FORMAT} "
+                                     "(quantize the model again with this version and save it)")
+    for key, kind in (("execution", str), ("base_model", str), ("transformer_class", str),
+                      ("base_fingerprint", dict), ("config", dict), ("thresholds", list), ("layers", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise _fail(where, key, f"missing or not a {kind.__name__}")
+    if manifest["execution"] != EXECUTION:
+        raise _fail(where, "execution", f"{manifest['execution']!r}; only {EXECUTION!r} models are saved")
+    return manifest
+
+
+def _thresholds(where: Path, values: list) -> tuple[float, ...]:
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise _fail(where, "thresholds", f"every threshold must be a finite number, got {values}")
+    if any(b >= a for a, b in zip(values, values[1:])):
+        raise _fail(where, "thresholds", f"thresholds must strictly decrease, got {values}")
+    return tuple(float(v) for v in values)
+
+
+def _layers(where: Path, layers: dict) -> dict:
+    if not layers:
+        raise _fail(where, "layers", "empty: the model quantizes nothing")
+    for name, meta in layers.items():
+        if not isinstance(meta, dict):
+            raise _fail(where, f"layers.{name}", "not an object")
+        for key, kind in (("alphas", list), ("rotations", list), ("a_bits", int), ("a_symmetric", bool)):
+            if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta[key], bool)):
+                raise _fail(where, f"layers.{name}.{key}", f"missing or not a {kind.__name__}")
+        if not MIN_BITS <= meta["a_bits"] <= MAX_BITS:
+            raise _fail(where, f"layers.{name}.a_bits", f"{meta['a_bits']} is outside {MIN_BITS}..{MAX_BITS}")
+    return layers
+
+
+def _read_tensors(where: Path) -> dict[str, torch.Tensor]:
+    if not where.exists():
+        raise _fail(where, "(whole file)", "missing")
+    try:
+        return load_file(str(where))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise _fail(where, "(whole file)", f"not a readable safetensors file ({err})") from None
+
+
+def _tensor(tensors: dict, where: Path, key: str, dtype: torch.dtype, shape: tuple, finite: bool = True,
+            positive: bool = False) -> torch.Tensor:
+    t = tensors.get(key)
+    if t is None:
+        raise _fail(where, key, "missing")
+    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        raise _fail(where, key, f"{t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
+    if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise _fail(where, key, "holds NaN or infinite values")
+    if positive and not bool((t > 0).all()):
+        raise _fail(where, key, "holds values that are not positive")
+    return t
+
+
+def _layer(path: Path, name: str, meta: dict, tensors: dict, fp: nn.Module, config: QuantConfig,
+           num_groups: int) -> tuple:
+    """One layer's QuantLinear arguments, checked against the base's linear layer ``name``; the
+    last item lists the tensor keys it used."""
+    where, data = path / MANIFEST, path / TENSORS
+    try:
+        linear = fp.get_submodule(name)
+    except AttributeError:
+        raise _fail(where, f"layers.{name}", "the base model has no such module") from None
+    if not isinstance(linear, nn.Linear):
+        raise _fail(where, f"layers.{name}", f"a {type(linear).__name__} in the base model, not a linear layer")
+    c_out, c_in = linear.out_features, linear.in_features
+    for key in ("alphas", "rotations"):
+        if len(meta[key]) != num_groups:
+            raise _fail(where, f"layers.{name}.{key}", f"{len(meta[key])} entries for {num_groups} time groups")
+    gs = config.w_group_size
+    if gs is not None and c_in % gs:
+        raise _fail(where, "config.w_group_size", f"{gs} does not divide {name}'s {c_in} input channels")
+    code_shape = (num_groups, c_out, c_in) if gs is None else (num_groups, c_out, c_in // gs, gs)
+    codes = _tensor(tensors, data, f"{name}.w_codes", torch.int8, code_shape)
+    q = 2 ** (config.w_bits - 1) - 1
+    if int(codes.abs().max()) > q:
+        raise _fail(data, f"{name}.w_codes", f"codes outside -{q}..{q}, the {config.w_bits}-bit grid")
+    scale = _tensor(tensors, data, f"{name}.w_scale", torch.float64, (*code_shape[:-1], 1), positive=True)
+    used = [f"{name}.w_codes", f"{name}.w_scale"]
+    bias = None
+    if linear.bias is not None:
+        bias = _tensor(tensors, data, f"{name}.bias", linear.bias.dtype, (c_out,))
+        used.append(f"{name}.bias")
+    transforms = []
+    for g, (alpha, entry) in enumerate(zip(meta["alphas"], meta["rotations"])):
+        if alpha is not None and not (isinstance(alpha, int | float) and 0 <= alpha <= 1):
+            raise _fail(where, f"layers.{name}.alphas[{g}]", f"{alpha!r} is not None or a number in [0, 1]")
+        delta = None
+        if f"{name}.{g}.delta" in tensors:
+            delta = _tensor(tensors, data, f"{name}.{g}.delta", torch.float64, (c_in,), positive=True)
+            used.append(f"{name}.{g}.delta")
+        rotation = _rotation(path, f"{name}.{g}", entry, tensors, c_in, used)
+        transforms.append(GroupTransform(delta=delta, alpha=alpha, rotation=rotation))
+    return codes, scale, bias, transforms, meta["a_bits"], meta["a_symmetric"], used
+
+
+def _rotation(path: Path, key: str, entry, tensors: dict, size: int, used: list) -> Rotation | None:
+    """A rotation entry checked against the layer width ``size``: known stages, factors of the
+    right shape and dtype, permutations that are permutations, a Hadamard of the layer's order."""
+    if entry is None:
+        return None
+    where, data = path / MANIFEST, path / TENSORS
+    field = f"layers.{key.rsplit('.', 1)[0]}.rotations[{key.rsplit('.', 1)[1]}]"
+    if not isinstance(entry, list) or not entry or entry[0] != size:
+        raise _fail(where, field, f"must start with the layer's width {size}")
+    for i, stage in enumerate(entry[1:]):
+        if not (isinstance(stage, list) and len(stage) == 2 and stage[0] in STAGES):
+            raise _fail(where, f"{field}[{i + 1}]", f"{stage!r} is not [kind, extra] with a kind of {STAGES}")
+        kind, extra = stage
+        name = f"{key}.rot{i}"
+        if kind == "hadamard":
+            if extra != size:  # also bounds the matrix hadamard() builds
+                raise _fail(where, f"{field}[{i + 1}]", f"a Hadamard of order {extra!r} on a {size}-wide layer")
+        elif kind == "blocks":
+            if not isinstance(extra, int) or not 1 <= extra <= size:
+                raise _fail(where, f"{field}[{i + 1}]", f"{extra!r} blocks on a {size}-wide layer")
+            widths = []
+            for j in range(extra):
+                block = tensors.get(f"{name}.{j}")
+                if block is None or block.dim() != 2 or block.shape[0] != block.shape[1]:
+                    raise _fail(data, f"{name}.{j}", "missing or not a square block")
+                _tensor(tensors, data, f"{name}.{j}", torch.float64, tuple(block.shape))
+                widths.append(block.shape[0])
+                used.append(f"{name}.{j}")
+            if sum(widths) != size:
+                raise _fail(data, f"{name}.*", f"blocks cover {sum(widths)} channels, not {size}")
+        elif kind == "perm":
+            perm = _tensor(tensors, data, name, torch.int64, (size,))
+            if not torch.equal(perm.sort().values, torch.arange(size)):
+                raise _fail(data, name, f"not a permutation of 0..{size - 1}")
+            used.append(name)
+        elif kind == "signs":
+            signs = _tensor(tensors, data, name, torch.float64, (size,))
+            if not bool((signs.abs() == 1).all()):
+                raise _fail(data, name, "signs other than +1 and -1")
+            used.append(name)
+        else:
+            _tensor(tensors, data, name, torch.float64, (size, size))
+            used.append(name)
+    return _get_rotation(tensors, key, entry)
+
+
+def _expected_keys(built: dict) -> set[str]:
+    return {key for layer in built.values() for key in layer[-1]}
