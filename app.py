@@ -23,7 +23,9 @@ maths and the shipped answers live in :mod:`analysis.compare` and :mod:`analysis
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,8 +39,9 @@ import trdq
 from analysis import compare as grid
 from analysis import examples as shipped
 from analysis.compare import CALIBRATION, DEFAULT_SLOTS
-from trdq.config import METHODS, ROTATIONS, parse_bits
+from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, parse_bits
 from trdq.cpu import cpu_info
+from trdq.models.cache import ModelCache
 from trdq.models.loader import EMBEDDED
 from trdq.worlds import world
 
@@ -55,6 +58,11 @@ EXECUTIONS = {"simulated": None, "real integer (per-group weights)": "per-group"
               "real integer (one shared weight copy)": "shared",
               "real integer (one int8 master, codes built per call)": "jit"}
 SHARING = ["off", "1", "2", "4", "0.9", "25%", "50%"]
+# Quantized models kept between requests, by the memory their tensors take (TRDQ_APP_CACHE_GIB).
+CACHE_GIB = float(os.environ.get("TRDQ_APP_CACHE_GIB", "3"))
+MODEL_CACHE = ModelCache(int(CACHE_GIB * 2**30))
+MEDIA_DIR = Path(tempfile.gettempdir()) / "trdq-app-media"  # clips as GIFs, named by content
+MAX_MEDIA_FILES = 64
 
 
 # ---------------------------------------------------------------- models, cached per process
@@ -78,18 +86,20 @@ def calibration_prompts(name: str) -> list[str]:
     return grid.calibration_prompts(fp_model(name), CALIBRATION[name])
 
 
-@functools.lru_cache(maxsize=8)
 def quantized_model(name: str, config: trdq.QuantConfig) -> trdq.LoadedModel:
-    """One calibrated (simulated) model per model and configuration."""
-    return trdq.quantize(fp_model(name), config, calibration_prompts(name))
+    """One calibrated (simulated) model per model and configuration, kept in :data:`MODEL_CACHE`."""
+    return MODEL_CACHE.get(("simulated", name, config),
+                           lambda: trdq.quantize(fp_model(name), config, calibration_prompts(name)))
 
 
-@functools.lru_cache(maxsize=8)
 def executed_model(name: str, config: trdq.QuantConfig, execution: str) -> trdq.LoadedModel:
     """The quantized model of ``config`` run as ``execution`` (a key of :data:`EXECUTIONS`)."""
     deployment = EXECUTIONS[execution]
     simulated = quantized_model(name, config)
-    return simulated if deployment is None else trdq.realize(simulated, deployment, base=fp_model(name))
+    if deployment is None:
+        return simulated
+    return MODEL_CACHE.get((deployment, name, config),
+                           lambda: trdq.realize(simulated, deployment, base=fp_model(name)))
 
 
 @functools.lru_cache(maxsize=2)
@@ -145,6 +155,13 @@ def sharing_plan(name: str, share: str):
         raise gr.Error(str(err)) from None
 
 
+def check_seed(seed) -> int:
+    """The Seed box's value as a seed torch's generator takes as it is (larger ones wrap)."""
+    if seed is None or not float(seed).is_integer() or not 0 <= int(seed) < SEED_LIMIT:
+        raise gr.Error(f"Seed must be a whole number from 0 to 2^63 - 1, got {seed}.")
+    return int(seed)
+
+
 def check_prompt(name: str, prompt: str, steps: float, groups: float) -> str:
     prompt = (prompt or "").strip()
     if not prompt:
@@ -171,8 +188,12 @@ def media(output: np.ndarray, scale: int = DISPLAY_SCALE) -> np.ndarray | str:
         return output
     from trdq.cli import write_media
 
-    path = Path(tempfile.mkdtemp(prefix="trdq-")) / "clip.gif"
-    write_media(output, path)
+    MEDIA_DIR.mkdir(exist_ok=True)
+    path = MEDIA_DIR / f"{hashlib.sha1(output.tobytes() + str(output.shape).encode()).hexdigest()}.gif"
+    if not path.exists():
+        write_media(output, path)
+        for old in sorted(MEDIA_DIR.glob("*.gif"), key=lambda p: p.stat().st_mtime)[:-MAX_MEDIA_FILES]:
+            old.unlink(missing_ok=True)
     return str(path)
 
 
@@ -210,14 +231,13 @@ def quantize(model_label: str, method: str, bits: str, groups: float, rotation: 
     config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
                          uncond_bits)
     progress(0.1, desc=f"calibrating {method} {config.bits} on {CALIBRATION[name]} prompts")
-    cached = quantized_model.cache_info().currsize
+    fresh = ("simulated", name, config) not in MODEL_CACHE
     t0 = time.perf_counter()
     try:
         q = quantized_model(name, config)
     except ValueError as err:
         raise gr.Error(str(err)) from None
     seconds = time.perf_counter() - t0
-    fresh = quantized_model.cache_info().currsize > cached
     layers = sum(1 for m in q.pipe.transformer.modules() if type(m).__name__ == "QuantLinear")
     alpha = "searched per group" if config.alpha is None else ", ".join(f"{a:g}" for a in config.alphas())
     return (f"**{name} · {method} {config.bits} · simulated** — {layers} linear layers quantized, "
@@ -265,7 +285,7 @@ def compare(model_label: str, prompt: str, seed: float, steps: float, guidance: 
     if cfg_split and share not in (None, "", "off"):
         raise gr.Error("Attention-Sharing needs both CFG branches in one batch; turn off the CFG split or "
                        "the sharing.")
-    seed, steps = int(seed), int(steps)
+    seed, steps = check_seed(seed), int(steps)
     plan = sharing_plan(name, share)
     quantized = []
     for i, config in enumerate(configs):
@@ -310,7 +330,9 @@ def layer_choices(model_label: str, method: str, bits: str, groups: float, rotat
     config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
                          uncond_bits)
     names = quantized_layers(quantized_model(name, config))
-    return gr.Dropdown(choices=names, value=names[0]), gr.Slider(maximum=config.time_groups.num_groups - 1)
+    n = config.time_groups.num_groups
+    # a slider needs minimum < maximum: with one group it shows 0..1, fixed at 0
+    return gr.Dropdown(choices=names, value=names[0]), gr.Slider(maximum=max(n - 1, 1), value=0, interactive=n > 1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -331,6 +353,9 @@ def distributions(model_label: str, layer: str, group: float, steps: float, guid
                          uncond_bits)
     if not layer:
         raise gr.Error("Pick a layer first (press 'List layers').")
+    if not 0 <= int(group) < config.time_groups.num_groups:
+        raise gr.Error(f"Time group {int(group)} does not exist with {config.time_groups.num_groups} group(s); "
+                       "press 'List layers' again.")
     progress(0.2, desc=f"sampling {shipped.ANALYSIS_PROMPTS} prompts through {layer}")
     try:
         collected = _collected(name, config, layer, int(steps), float(guidance))
@@ -509,7 +534,7 @@ with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
         with gr.Row():
             with gr.Column(scale=1, min_width=240):
                 prompt = gr.Textbox(label="Prompt", value=EXAMPLES["shapes-t2i"][0])
-                seed = gr.Number(label="Seed", value=0, precision=0)
+                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
                 compare_button = gr.Button("Compare", variant="primary")
             with gr.Column(scale=4):
                 slot_inputs = _slot_pickers()
