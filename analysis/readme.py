@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import frontier
 from analysis.app_timing import table as app_timing_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +183,11 @@ def _execution(r: dict) -> str:
     return f"{r['execution']} ({r['gemm']})" if r.get("gemm") else r["execution"]
 
 
+def frontier_table(path: Path) -> str:
+    """Quality per method down the bits ladder (see :mod:`analysis.frontier`)."""
+    return frontier.markdown(json.loads(path.read_text()))
+
+
 def bench_table(path: Path) -> str:
     """Per backend: transformer step latency, image latency, weight bytes and memory, with the
     setup and machine of the run above the table (``python -m trdq bench``)."""
@@ -266,12 +272,22 @@ TABLES = {
     "app-timing": (RESULTS / "app-timing.json", app_timing_table),
     "sharing-image": (RESULTS / "shapes-t2i-sharing.json", sharing_table),
     "sharing-video": (RESULTS / "shapes-t2v-sharing.json", sharing_table),
+    "frontier-image": (RESULTS / "shapes-t2i-frontier.json", frontier_table),
+}
+#: Figure file -> (the JSON it is drawn from, the function that draws it from the records).
+FIGURES = {
+    RESULTS / "shapes-t2i-frontier.png": (RESULTS / "shapes-t2i-frontier.json", frontier.plot),
 }
 
 
 def update(readme: Path = ROOT / "README.md") -> list[str]:
-    """Replace every table whose JSON exists; returns the names of the tables written."""
+    """Replace every table and redraw every figure whose JSON exists; returns the names of the
+    tables and figures written."""
     text, written = readme.read_text(), []
+    for figure, (path, draw) in FIGURES.items():
+        if path.exists():
+            draw(json.loads(path.read_text()), figure)
+            written.append(figure.name)
     for name, (path, render) in TABLES.items():
         pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
         if path.exists() and pattern.search(text):

@@ -330,3 +330,41 @@ def test_layer_timing_times_every_case_of_every_shape(monkeypatch, tmp_path):
     assert [r["case"] for r in report["rows"]] == ["fp16 linear", "w8a8 real (duquant)", "w8a8 real (no transform)",
                                                    "transform only", "int_mm only", "fp16 mm only"]
     assert all(r["eager_us"] > 0 and r["graph_us"] > 0 for r in report["rows"])
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_stops_the_bench_its_worker_and_its_partial_files(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "trdq", "bench", "--layers", "1", "--resolution", "32", "--threads", "1",
+           "--backends", "trdq-w8a8-sim", "--cache", str(cache), "--json", str(tmp_path / "b.json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
+                                                                                        "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while len(_processes_mentioning(str(cache))) < 2 and time.monotonic() < deadline:  # the fit worker is up
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.1)
+    time.sleep(3)  # well into fitting
+    assert proc.poll() is None and len(_processes_mentioning(str(cache))) == 2, "no fit worker running"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    assert proc.returncode == 130 and "interrupted by SIGTERM" in proc.stderr.read().decode()
+    assert _processes_mentioning(str(cache)) == []
+    assert list(cache.iterdir()) == [] and not (tmp_path / "b.json").exists()

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from trdq.cli import main
@@ -22,6 +23,58 @@ def test_eval_writes_records(tmp_path):
                 "acc_position", "num_prompts"):
         assert key in record
     assert record["num_prompts"] == 4 and 0 <= record["adherence"] <= 1
+
+
+def test_eval_resumes_from_its_json_and_saves_each_model(tmp_path, caplog, monkeypatch):
+    out = tmp_path / "eval.json"
+    common = ["eval", "--num-prompts", "2", "--steps", "2", "--no-eps-sqnr", "--json", str(out)]
+    assert main([*common, "--methods", "fp,rtn", "--bits", "w8a8"]) == 0
+    first = json.loads(out.read_text())
+    assert [r["method"] for r in first] == ["fp", "rtn"] and "eps_sqnr_db" not in first[1]
+
+    import trdq.eval.runner as runner
+
+    calls = []
+    real = runner.quantize
+    monkeypatch.setattr(runner, "quantize", lambda m, c, *a, **k: calls.append(c.bits) or real(m, c, *a, **k))
+    assert main([*common, "--resume", "--methods", "fp,rtn", "--bits", "w8a8,w4a4"]) == 0
+    records = json.loads(out.read_text())
+    assert calls == ["w4a4"]  # FP and RTN W8A8 were kept, not re-run
+    assert records[:2] == first and [r["bits"] for r in records] == ["fp32", "w8a8", "w4a4"]
+
+    caplog.clear()
+    assert main(["eval", "--num-prompts", "3", "--steps", "2", "--resume", "--json", str(out)]) == 2
+    assert "num_prompts 2 (now 3)" in caplog.text and json.loads(out.read_text()) == records
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--guidance", "nan"], "--guidance: must be a finite number"),
+    (["--guidance", "inf"], "--guidance: must be a finite number"),
+    (["--steps", "0"], "--steps: must be at least 1"),
+    (["--seed", str(2 ** 63)], "--seed: must be in 0..9223372036854775807"),
+    (["--seed", "-1"], "--seed"), (["--num-prompts", "1"], "--num-prompts: must be at least 2"),
+    (["--batch-size", "2.5"], "--batch-size: expected an integer"),
+])
+def test_eval_rejects_values_that_would_run_something_else_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "eval.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", *argv, "--json", str(out)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+def test_eval_with_an_empty_bits_list_fails_instead_of_writing_nothing(tmp_path, caplog):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--methods", "fp,rtn", "--bits", ",", "--json", str(out)]) == 2
+    assert "names no bit setting" in caplog.text and not out.exists()
+
+
+def test_eval_with_more_groups_than_steps_fails_before_sampling(tmp_path, caplog, monkeypatch):
+    import trdq.eval.runner as runner
+
+    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled"))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--methods", "fp,trdq", "--groups", "8", "--steps", "4", "--json", str(out)]) == 2
+    assert "8 time groups cannot split 4 sampling steps" in caplog.text and not out.exists()
 
 
 def test_eval_rejects_a_bad_prompts_file_before_writing_anything(tmp_path, caplog):

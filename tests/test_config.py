@@ -33,6 +33,7 @@ def test_groups_that_do_not_fit_the_sampler_are_rejected(groups, steps, match):
     ({"boundaries": (1, 5)}, "start at step 0"),
     ({"boundaries": (0, 5, 5)}, "strictly increase"),
     ({"num_groups": 0}, "positive integer"),
+    ({"boundaries": (0, 2.5)}, "integer steps"), ({"num_groups": True}, "positive integer"),
 ])
 def test_bad_time_groups(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -43,6 +44,13 @@ def test_bad_time_groups(kwargs, match):
     ({"w_bits": 9}, "2..8"), ({"a_bits": 1}, "2..8"), ({"method": "gptq"}, "choose one of"),
     ({"rotation": "givens"}, "choose one of"), ({"alpha": 1.5}, r"\[0, 1\]"),
     ({"include": "*attn*"}, "tuple of patterns"), ({"block_size": 1}, "at least 2"),
+    # wrong types fail here, not later as something else
+    ({"alpha": "0.5"}, "alpha must be a number"), ({"alpha": float("nan")}, "alpha must be a number"),
+    ({"a_symmetric": "no"}, "True or False"), ({"cfg_split": 1}, "True or False"),
+    ({"rotation_steps": -3}, "rotation_steps must be an integer of at least 1"),
+    ({"block_size": 2.5}, "block_size must be an integer"), ({"block_size": float("nan")}, "block_size"),
+    ({"seed": -1}, "seed"), ({"seed": 2 ** 63}, "below 2\\*\\*63"), ({"w_group_size": 0}, "w_group_size"),
+    ({"alpha_grid": (0.5, float("inf"))}, "alpha_grid"), ({"time_groups": 4}, "TimeGroups"),
 ])
 def test_bad_quant_configs_say_how_to_fix_them(kwargs, match):
     with pytest.raises(ValueError, match=match):

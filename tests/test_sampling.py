@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,20 @@ def test_one_seed_gives_one_image_in_any_batch(shapes_t2i):
 def test_mismatched_seeds_are_rejected(shapes_t2i):
     with pytest.raises(ValueError, match="one seed per prompt"):
         generate(shapes_t2i, ["a large red circle in the center"], [1, 2])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"guidance": float("nan")}, "guidance must be a finite number"), ({"guidance": float("inf")}, "finite"),
+    ({"seeds": [2 ** 63]}, "seeds must be integers in 0..2"), ({"seeds": [-1]}, "seeds"),
+    ({"seeds": [1.5]}, "seeds"), ({"steps": 0}, "steps"), ({"batch_size": 0}, "batch_size"),
+])
+def test_values_that_would_sample_something_else_are_rejected_before_sampling(shapes_t2i, kwargs, match):
+    def never(*a, **k):
+        raise AssertionError("sampled")
+
+    model = dataclasses.replace(shapes_t2i, pipe=type("Pipe", (), {"__call__": never})())
+    with pytest.raises(ValueError, match=match):
+        generate(model, ["a small red circle on the left"], **{"seeds": [0], **kwargs})
 
 
 def test_a_video_model_gives_clips_and_one_seed_one_clip_in_any_batch(tiny_latte):

@@ -8,22 +8,54 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from trdq.config import METHODS, ROTATIONS, QuantConfig, TimeGroups, parse_bits
+from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, QuantConfig, TimeGroups, parse_bits
+from trdq.interrupts import terminate_as_interrupt
 
 log = logging.getLogger("trdq")
+
+
+def _integer(low: int, high: int | None = None):
+    """An argparse type: an integer in ``low..high``; anything else is a usage error before any work."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _finite(low: float | None = None):
+    """An argparse type: a finite number (NaN would silently turn CFG off, inf blacken images)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and value <= low):
+            raise argparse.ArgumentTypeError(f"must be a finite number{'' if low is None else f' above {low}'}, "
+                                             f"got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-t2i",
                    help="shapes-t2i or shapes-t2v (embedded), a local diffusers folder, or a hub id")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (model default: 20)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (model default: 4.5)")
+    p.add_argument("--seed", type=_integer(0, SEED_LIMIT - 1), default=0)
+    p.add_argument("--steps", type=_integer(1), default=None, help="sampling steps (model default: 20)")
+    p.add_argument("--guidance", type=_finite(), default=None, help="CFG scale (model default: 4.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
     ev.add_argument("--prompts-file", type=Path, default=None,
                     help="one caption of the model's grammar per line (default: drawn across the grammar)")
-    ev.add_argument("--num-prompts", type=int, default=200,
+    ev.add_argument("--num-prompts", type=_integer(2), default=200,
                     help="prompts drawn evenly across the grammar when no --prompts-file is given")
     ev.add_argument("--methods", default="fp",
                     help="comma list of fp and " + ", ".join(METHODS) + " (quantized ones are simulated)")
@@ -54,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--alpha", default="search",
                     help="trdq smoothing: 'search' (alpha_g searched per group) or a fixed alpha in [0, 1]; "
                          "a comma list for an ablation")
-    ev.add_argument("--block-size", type=int, default=64, help="rotation block size")
+    ev.add_argument("--block-size", type=_integer(2), default=64, help="rotation block size")
     ev.add_argument("--cfg-split", action="store_true",
                     help="quantize the CFG branches apart (own statistics and parameters, separate passes)")
     ev.add_argument("--uncond-bits", default=None,
@@ -65,8 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "self-attention layers whose cond/uncond maps are most alike), a cosine in [0, 1] "
                          "(every layer at least that alike), or P%% (the most alike layers until P%% of the "
                          "uncond score compute is skipped); each model runs once without and once per rule")
-    ev.add_argument("--calib-prompts", type=int, default=16, help="calibration prompts (seeds apart from eval)")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--calib-prompts", type=_integer(1), default=16, help="calibration prompts (seeds apart from eval)")
+    ev.add_argument("--batch-size", type=_integer(1), default=16)
+    ev.add_argument("--no-eps-sqnr", action="store_true",
+                    help="skip the per-step noise SQNR of quantized models (it re-runs both models along the "
+                         "FP trajectory, about two more samplings each)")
+    ev.add_argument("--resume", action="store_true",
+                    help="keep the records already in --json (same model, prompts, seed, steps and guidance) "
+                         "and evaluate only the models it lacks; records are saved after every model either way")
     ev.add_argument("--json", type=Path, required=True, help="where to write the records")
 
     be = sub.add_parser("bench", help="latency, weight bytes and peak memory of each backend, "
@@ -83,20 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: fp32,bf16,trdq-w8a8-sim,trdq-w8a8-real,trdq-w4a8-real)")
     be.add_argument("--deployment", default="per-group",
                     help="deployment(s) of real backends without a suffix, a comma list of per-group, shared, jit")
-    be.add_argument("--resolution", type=int, default=None,
+    be.add_argument("--resolution", type=_integer(8), default=None,
                     help="image side in pixels for the random models (default 512; latent = px / 8)")
-    be.add_argument("--layers", type=int, default=None, help="a random model's block count (for smoke runs)")
-    be.add_argument("--frames", type=int, default=None, help="latte-random: frames per video (default 16)")
-    be.add_argument("--batch", type=int, default=2, help="per-step batch (2: the CFG pair)")
-    be.add_argument("--warmup", type=int, default=2)
-    be.add_argument("--repeats", type=int, default=None,
+    be.add_argument("--layers", type=_integer(1), default=None, help="a random model's block count (for smoke runs)")
+    be.add_argument("--frames", type=_integer(1), default=None, help="latte-random: frames per video (default 16)")
+    be.add_argument("--batch", type=_integer(1), default=2, help="per-step batch (2: the CFG pair)")
+    be.add_argument("--warmup", type=_integer(0), default=2)
+    be.add_argument("--repeats", type=_integer(1), default=None,
                     help="timed steps (default 5 for random models, 20 for pipelines)")
-    be.add_argument("--e2e-repeats", type=int, default=3, help="timed images of a pipeline")
-    be.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
+    be.add_argument("--e2e-repeats", type=_integer(0), default=3, help="timed images of a pipeline")
+    be.add_argument("--threads", type=_integer(1), default=None, help="torch threads (default: every usable core)")
     be.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="where the timed models run (built and fitted on the CPU, then moved); cuda "
                          "synchronizes each step and also reports the CUDA allocator's peak")
-    be.add_argument("--groups", type=int, default=4, help="time groups of the quantized backends")
+    be.add_argument("--groups", type=_integer(1), default=4, help="time groups of the quantized backends")
     be.add_argument("--rotation", default="duquant",
                     help="rotation of the quantized backends: " + ", ".join(ROTATIONS))
     be.add_argument("--real-dtype", default=None, choices=("bfloat16", "float16", "float32"),
@@ -111,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time each step with Attention-Sharing in the layers one rule picks: N (the N "
                          "most alike cond/uncond layers), a cosine in [0, 1], or a share of the uncond score "
                          "compute such as 25%%; default: not measured")
-    be.add_argument("--mem-limit-gib", type=float, default=None,
+    be.add_argument("--mem-limit-gib", type=_finite(0.0), default=None,
                     help="address-space cap of each worker beyond its size after imports "
                          "(default 90%% of the memory available when it starts; 0: none)")
-    be.add_argument("--seed", type=int, default=0)
+    be.add_argument("--seed", type=_integer(0, SEED_LIMIT - 1), default=0)
     be.add_argument("--cache", type=Path, default=None,
                     help="folder to keep quantized fits in and reuse across runs (keyed by a hash of model, "
                          "config and trdq's source); default: a temporary folder under runs/bench-cache/, "
@@ -191,6 +229,8 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown or args.methods!r}; choose from fp, {', '.join(METHODS)}")
     bits = [parse_bits(b) for b in _items(args.bits)]
+    if not bits and methods != ["fp"]:
+        raise ValueError(f"--bits {args.bits!r} names no bit setting; give e.g. w8a8,w4a8")
     cfg_split = getattr(args, "cfg_split", False)
     uncond_items = _items(getattr(args, "uncond_bits", None) or "same")
     if uncond_items != ["same"] and not cfg_split:
@@ -208,7 +248,9 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
             config = QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(g), rotation=r,
                                  alpha=alpha, block_size=args.block_size, cfg_split=cfg_split,
                                  uncond_bits=uncond)
-            key = (m, config.bits, *describe(config).values())
+            settings = describe(config)
+            TimeGroups(settings["num_groups"]).step_to_group(steps)  # too many groups fails now, not later
+            key = (m, config.bits, *settings.values())
             if key not in seen:
                 seen.add(key)
                 configs.append(config)
@@ -217,7 +259,15 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
 
 def cmd_eval(args) -> None:
     from trdq.attention import ShareRule
-    from trdq.eval.runner import evaluate, read_prompts_file, write_json
+    from trdq.eval.runner import (
+        check_writable,
+        config_key,
+        evaluate,
+        read_prompts_file,
+        read_records,
+        record_key,
+        write_json,
+    )
     from trdq.models.loader import load_model
     from trdq.worlds import world
 
@@ -228,11 +278,25 @@ def cmd_eval(args) -> None:
     if args.prompts_file is not None:
         scenes = read_prompts_file(args.prompts_file, caption_world)
     else:
-        if args.num_prompts < 2:
-            raise ValueError(f"--num-prompts must be at least 2 (for shapes_fd), got {args.num_prompts}")
         scenes = caption_world.sample_scenes(args.num_prompts, seed=args.seed)
     calibration = [s.caption for s in caption_world.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
+    run = {"model": model.name, "num_prompts": len(scenes), "seed": args.seed,
+           "steps": args.steps or model.settings.steps,
+           "guidance": model.settings.guidance if args.guidance is None else args.guidance}
+    saved = read_records(args.json, run) if args.resume else []
+    if saved:
+        finished = {record_key(r) for r in saved}
+        include_fp = include_fp and ("fp",) not in finished
+        configs = [c for c in configs if config_key(c) not in finished]
+        log.info("%s holds %d records; %d quantized models left to evaluate", args.json, len(saved), len(configs))
+        if not include_fp and not configs:
+            return
+    check_writable(args.json)  # now, not after the run
     bars: dict[str, tqdm] = {}
+
+    def save(new: list[dict]) -> None:
+        saved.extend(new)
+        write_json(saved, args.json)
 
     def progress(label: str, done: int, total: int) -> None:
         bar = bars.setdefault(label, tqdm(total=total, desc=label, unit="img"))
@@ -240,17 +304,16 @@ def cmd_eval(args) -> None:
 
     records = evaluate(model, scenes, configs, include_fp=include_fp, seed=args.seed, steps=args.steps,
                        guidance=args.guidance, calibration_prompts=calibration, batch_size=args.batch_size,
-                       sharing=sharing, progress=progress)
+                       sharing=sharing, eps_sqnr=not args.no_eps_sqnr, progress=progress, on_records=save)
     for bar in bars.values():
         bar.close()
-    write_json(records, args.json)
     for r in records:
         extra = f", psnr_vs_fp {r['psnr_vs_fp']:.2f} dB" if "psnr_vs_fp" in r else ""
         if "sharing" in r:
             extra += f", sharing {r['sharing']} ({r['attn_score_skipped']:.0%} of uncond scores skipped)"
         log.info("%s %s (%s): adherence %.3f, shapes_fd %.2f%s", r["method"], r["bits"], r["execution"],
                  r["adherence"], r["shapes_fd"], extra)
-    log.info("wrote %d records to %s", len(records), args.json)
+    log.info("wrote %d records to %s", len(saved), args.json)
 
 
 def cmd_bench(args) -> None:
@@ -279,10 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        {"generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
+        with terminate_as_interrupt():  # workers are stopped and partial files removed on the way out
+            {"generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
     except (ValueError, FileNotFoundError, OSError) as err:
         log.error("%s", err)
         return 2
+    except KeyboardInterrupt as err:
+        log.error("interrupted%s; workers stopped, partial files removed, finished records kept",
+                  f" by {err}" if str(err) else "")
+        return 130
     return 0
 
 

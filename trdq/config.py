@@ -7,11 +7,23 @@ the app become these objects at the boundary (see :func:`parse_bits`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
 from trdq.quantizer import check_bits
 
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: Seeds must lie below this: torch's generator wraps larger seeds onto small ones.
+SEED_LIMIT = 2 ** 63
 METHODS = ("rtn", "smoothquant", "quarot", "duquant", "viditq", "trdq")
 ROTATIONS = ("none", "hadamard", "duquant")
 DEFAULT_ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -41,7 +53,10 @@ class TimeGroups:
 
     def __post_init__(self):
         if self.boundaries is not None:
-            b = tuple(int(s) for s in self.boundaries)
+            if isinstance(self.boundaries, str) or not all(_is_int(s) for s in self.boundaries):
+                raise ValueError(f"time-group boundaries must be a tuple of integer steps, e.g. (0, 5, 10, 15), "
+                                 f"got {self.boundaries!r}")
+            b = tuple(self.boundaries)
             object.__setattr__(self, "boundaries", b)
             if not b or b[0] != 0:
                 raise ValueError(f"time-group boundaries must start at step 0, got {b}: "
@@ -49,7 +64,7 @@ class TimeGroups:
             if any(y <= x for x, y in zip(b, b[1:])):
                 raise ValueError(f"time-group boundaries must strictly increase, got {b}")
             object.__setattr__(self, "num_groups", len(b))
-        elif not isinstance(self.num_groups, int) or self.num_groups < 1:
+        elif not _is_int(self.num_groups) or self.num_groups < 1:
             raise ValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
 
     def step_to_group(self, num_steps: int) -> list[int]:
@@ -117,6 +132,7 @@ class QuantConfig:
     uncond_bits: tuple[int, int] | None = None
 
     def __post_init__(self):
+        self._check_types()
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         check_bits(self.w_bits, "w_bits")
@@ -132,10 +148,6 @@ class QuantConfig:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
         if not self.alpha_grid or any(not 0.0 <= a <= 1.0 for a in self.alpha_grid):
             raise ValueError(f"alpha_grid must be a non-empty tuple of values in [0, 1], got {self.alpha_grid}")
-        if self.block_size < 2:
-            raise ValueError(f"block_size must be at least 2, got {self.block_size}")
-        if self.w_group_size is not None and self.w_group_size < 1:
-            raise ValueError(f"w_group_size must be positive or None, got {self.w_group_size}")
         if self.uncond_bits is not None:
             if not self.cfg_split:
                 raise ValueError("uncond_bits needs cfg_split=True: the branches share one model otherwise")
@@ -144,6 +156,28 @@ class QuantConfig:
             object.__setattr__(self, "uncond_bits", checked)
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise ValueError("include/exclude take a tuple of patterns, e.g. include=('*attn1*',)")
+
+    def _check_types(self) -> None:
+        """Reject values of the wrong type before they act as something else (``"no"`` as True)."""
+        for name in ("a_symmetric", "select_transforms", "cfg_split"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name, low in (("block_size", 2), ("rotation_steps", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{name} must be an integer of at least {low}, got {value!r}")
+        if self.seed >= SEED_LIMIT:
+            raise ValueError(f"seed must be below 2**63 (torch's generator range), got {self.seed}")
+        if self.w_group_size is not None and (not _is_int(self.w_group_size) or self.w_group_size < 1):
+            raise ValueError(f"w_group_size must be a positive integer or None, got {self.w_group_size!r}")
+        if not isinstance(self.time_groups, TimeGroups):
+            raise ValueError(f"time_groups must be a TimeGroups, e.g. TimeGroups(4), got {self.time_groups!r}")
+        alphas = self.alpha if isinstance(self.alpha, tuple | list) else (() if self.alpha is None else (self.alpha,))
+        if not all(_is_number(a) for a in alphas) or isinstance(self.alpha, str):
+            raise ValueError(f"alpha must be a number in [0, 1], one per time group, or None to search; "
+                             f"got {self.alpha!r}")
+        if not isinstance(self.alpha_grid, tuple | list) or not all(_is_number(a) for a in self.alpha_grid):
+            raise ValueError(f"alpha_grid must be a tuple of numbers in [0, 1], got {self.alpha_grid!r}")
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; :meth:`from_dict` inverts it."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from trdq.config import SEED_LIMIT
 from trdq.models.loader import LoadedModel
 
 
@@ -35,8 +37,15 @@ def generate(model: LoadedModel, prompts: Sequence[str], seeds: Sequence[int],
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an integer of at least 1, got {steps!r}")
+    if guidance is not None and not (isinstance(guidance, int | float) and math.isfinite(guidance)):
+        raise ValueError(f"guidance must be a finite number (NaN turns guidance off, inf gives black images), "
+                         f"got {guidance!r}")
+    if bad := [s for s in seeds if not isinstance(s, int | np.integer) or not 0 <= s < SEED_LIMIT]:
+        raise ValueError(f"seeds must be integers in 0..2**63-1 (larger ones wrap onto small ones), got {bad[0]!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     pipe, settings = model.pipe, model.settings
     kwargs = {
         "num_inference_steps": steps or settings.steps,

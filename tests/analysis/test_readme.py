@@ -33,6 +33,7 @@ def test_update_rewrites_only_marked_tables(tmp_path, monkeypatch):
     import analysis.readme as readme
 
     monkeypatch.setattr(readme, "TABLES", {"ablation": (path, ablation_table)})
+    monkeypatch.setattr(readme, "FIGURES", {})
     doc = tmp_path / "README.md"
     doc.write_text("intro\n<!-- table:ablation -->\nold\n<!-- /table:ablation -->\nend\n")
     assert update(doc) == ["ablation"]

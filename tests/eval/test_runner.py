@@ -10,7 +10,23 @@ def test_prompts_file_errors_name_the_line_and_the_grammar(tmp_path):
     with pytest.raises(ValueError, match=r"line 4: 'a small red dragon on the left'.*Expected: a \{size\}"):
         read_prompts_file(path)
     path.write_text("a small red circle on the left\n\n# done\n")
-    assert read_prompts_file(path) == [shapes.Scene("small", "red", "circle", "on the left")]
+    assert read_prompts_file(path, minimum=1) == [shapes.Scene("small", "red", "circle", "on the left")]
+    with pytest.raises(ValueError, match="holds 1 caption.*at least 2"):
+        read_prompts_file(path)
+
+
+def test_prompts_file_encoding_line_ends_and_size(tmp_path, monkeypatch):
+    import trdq.eval.runner as runner
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"\xef\xbb\xbfa small red circle on the left\r\na large blue star at the top\r\n")
+    assert [s.shape for s in read_prompts_file(path)] == ["circle", "star"]  # BOM and CRLF are fine
+    path.write_bytes(b"a small red circle on the left\n\x89PNG\x00\xff")
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        read_prompts_file(path)
+    monkeypatch.setattr(runner, "MAX_PROMPTS_FILE_BYTES", 10)
+    with pytest.raises(ValueError, match="a prompts file may hold at most 10"):
+        read_prompts_file(path)
 
 
 def test_shipped_model_follows_prompts(shapes_t2i):

@@ -17,6 +17,7 @@ from trdq.bench.measure import limit_memory, measure, mib
 from trdq.bench.models import Fitted, fit
 from trdq.bench.runner import failed
 from trdq.bench.spec import Backend, BenchSpec
+from trdq.interrupts import terminate_as_interrupt
 
 log = logging.getLogger("trdq.bench")
 
@@ -34,7 +35,10 @@ def main(payload: str, out: str) -> int:
     # no address-space cap on cuda: CUDA reserves far more virtual memory than any cap would allow
     budget = None if spec.device == "cuda" else limit_memory(spec.mem_limit_gib)
     try:
-        result = _run(job, spec)
+        with terminate_as_interrupt():  # the runner stops a worker with SIGTERM: clean up as on Ctrl-C
+            result = _run(job, spec)
+    except KeyboardInterrupt:
+        return 130  # stopped: nothing to report
     except Exception as err:  # at the process boundary every failure is a record (allocator: RuntimeError)
         what = job["backend"]["name"] if job["job"] == "measure" else f"fitting {job['bits']}"
         log.error("%s: %s", what, err)

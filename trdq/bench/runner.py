@@ -51,13 +51,28 @@ def in_worker(job: dict, threads: int) -> dict:
     ``error`` record when it wrote nothing."""
     with tempfile.TemporaryDirectory(prefix="trdq-bench-") as tmp:
         out = Path(tmp) / "result.json"
-        proc = subprocess.run([sys.executable, "-m", "trdq.bench", json.dumps(job), str(out)],
-                              env=_worker_env(threads), check=False)
+        proc = subprocess.Popen([sys.executable, "-m", "trdq.bench", json.dumps(job), str(out)],
+                                env=_worker_env(threads))
+        try:
+            proc.wait()
+        except BaseException:  # interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt): no orphan
+            stop_worker(proc)
+            raise
         if out.exists():
             return json.loads(out.read_text())
     why = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
     return {"status": "error",
             "error": f"worker exited with code {proc.returncode}{why} before writing a result"}
+
+
+def stop_worker(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Terminate a worker, and kill it if it has not exited after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def failed(backend: Backend, why: str) -> dict:

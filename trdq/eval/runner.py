@@ -25,16 +25,34 @@ from trdq.models.loader import LoadedModel
 from trdq.sampling import generate
 from trdq.worlds import world
 
+#: A prompts file larger than this is refused before it is read (200 captions take about 8 KB).
+MAX_PROMPTS_FILE_BYTES = 1 << 20
 
-def read_prompts_file(path: str | Path, caption_world=shapes) -> list:
-    """Scenes of ``caption_world`` (a :mod:`trdq.worlds` module) from a file with one caption per
-    line (blank lines and ``#`` comments skipped).
+
+def read_prompts_file(path: str | Path, caption_world=shapes, minimum: int = 2) -> list:
+    """Scenes of ``caption_world`` (a :mod:`trdq.worlds` module) from a UTF-8 text file with one
+    caption per line (a byte-order mark and CRLF line ends are fine; blank lines and ``#``
+    comments are skipped).
 
     Raises:
-        ValueError: naming the first caption outside the grammar, its line number, and the grammar.
+        ValueError: for a file over :data:`MAX_PROMPTS_FILE_BYTES`, one that is not UTF-8 text,
+            fewer than ``minimum`` captions (``shapes_fd`` compares two sets), or a caption
+            outside the grammar (naming it, its line number and the grammar).
     """
+    path = Path(path)
+    if (size := path.stat().st_size) > MAX_PROMPTS_FILE_BYTES:
+        raise ValueError(f"{path} is {size:,} bytes; a prompts file may hold at most {MAX_PROMPTS_FILE_BYTES:,} "
+                         "(one short caption per line)")
+    raw = path.read_bytes()
+    try:
+        if b"\0" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); write one caption per "
+                         "line in a text editor") from None
     scenes = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -45,8 +63,9 @@ def read_prompts_file(path: str | Path, caption_world=shapes) -> list:
                 f"{path}, line {number}: {text!r} is not a caption of the model's world. "
                 f"Expected: {caption_world.GRAMMAR}."
             ) from None
-    if not scenes:
-        raise ValueError(f"{path} holds no prompts; write one caption per line")
+    if len(scenes) < minimum:
+        raise ValueError(f"{path} holds {len(scenes)} caption(s); evaluation needs at least {minimum} "
+                         "(one per line)")
     return scenes
 
 
@@ -88,8 +107,9 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = (),
              include_fp: bool = True, seed: int = 0, steps: int | None = None, guidance: float | None = None,
              calibration_prompts: Sequence[str] = (), batch_size: int = 16,
-             sharing: Sequence[ShareRule] = (),
-             progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+             sharing: Sequence[ShareRule] = (), eps_sqnr: bool = True,
+             progress: Callable[[str, int, int], None] | None = None,
+             on_records: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Evaluate the FP model and one quantized model per config on ``scenes`` (of the model's world:
     :class:`~trdq.shapes.Scene` for images, :class:`~trdq.motion.MovingScene` for clips).
 
@@ -102,12 +122,16 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         ``steps``, ``guidance``, ``seconds``;
         quantized records add ``psnr_vs_fp`` (per-image PSNR capped at 100 dB, averaged),
         ``ssim_vs_fp``, ``eps_sqnr_db``,
-        ``eps_sqnr_db_per_step``, ``calib_seconds`` and the settings of :func:`describe`.
+        ``eps_sqnr_db_per_step`` (unless ``eps_sqnr`` is False: they re-run both models along the
+        FP trajectory, which costs about as much as sampling twice more), ``calib_seconds`` and the
+        settings of :func:`describe`.
         Every model is also sampled once per sharing rule, with Attention-Sharing over the layers
         the rule picks from the FP model's cond/uncond similarity on the calibration prompts; those
         records add ``sharing`` (the rule), ``shared_layers``, ``attn_score_skipped`` (fraction of
         the unconditional attention-score compute skipped) and ``psnr_vs_fp``/``ssim_vs_fp``
         against the FP output without sharing; they carry no ``eps_sqnr_db``.
+        ``on_records`` receives each model's records (its own and its sharing ones) as soon as they
+        are complete, so that a caller can save them before the next model starts.
     """
     world(model.settings.world)
     if (configs or sharing) and not calibration_prompts:
@@ -143,25 +167,31 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         return out
 
     records = []
+
+    def done(new: list[dict]) -> None:
+        records.extend(new)
+        if on_records is not None:
+            on_records(new)
+
     fp_base = {"model": model.name, "method": "fp", "bits": "fp32", "execution": "full precision"}
     if include_fp:
-        records.append({**fp_base, **score_outputs(fp_images, scenes, detector), **common, "seconds": fp_seconds})
-        records.extend(shared_records("fp", model, fp_base))
+        done([{**fp_base, **score_outputs(fp_images, scenes, detector), **common, "seconds": fp_seconds},
+              *shared_records("fp", model, fp_base)])
     for config in configs:
         t0 = time.perf_counter()
         qmodel = quantize(model, config, calibration_prompts, steps=steps, guidance=guidance, seed=10**5)
         calib_seconds = round(time.perf_counter() - t0, 2)
         images, seconds = sample(f"{config.method} {config.bits}", qmodel)
-        per_step = eps_sqnr_per_step(model, qmodel, prompts, seeds, steps=steps, guidance=guidance,
-                                     batch_size=batch_size)
+        trajectory = {}
+        if eps_sqnr:
+            per_step = eps_sqnr_per_step(model, qmodel, prompts, seeds, steps=steps, guidance=guidance,
+                                         batch_size=batch_size)
+            trajectory = {"eps_sqnr_db": float(np.mean(per_step)), "eps_sqnr_db_per_step": per_step}
         base = {"model": model.name, "method": config.method, "bits": config.bits, "execution": EXECUTION}
-        records.append({
-            **base, **score_outputs(images, scenes, detector), **fidelity(images, fp_images),
-            "eps_sqnr_db": float(np.mean(per_step)), "eps_sqnr_db_per_step": per_step,
-            **describe(config), "calib_seconds": calib_seconds, **common, "seconds": seconds,
-        })
         label = f"{config.method} {config.bits}"
-        records.extend(shared_records(label, qmodel, {**base, **describe(config), "calib_seconds": calib_seconds}))
+        done([{**base, **score_outputs(images, scenes, detector), **fidelity(images, fp_images), **trajectory,
+               **describe(config), "calib_seconds": calib_seconds, **common, "seconds": seconds},
+              *shared_records(label, qmodel, {**base, **describe(config), "calib_seconds": calib_seconds})])
     return records
 
 
@@ -177,13 +207,78 @@ def describe(config: QuantConfig) -> dict:
             "rotation": recipe.rotation, "cfg_split": config.cfg_split}
 
 
+#: The fields that tell apart two evaluations of the same model whose records may share a file.
+RUN_FIELDS = ("model", "num_prompts", "seed", "steps", "guidance")
+
+
+def config_key(config: QuantConfig) -> tuple:
+    """What identifies a quantized model's record in a file: method, bits and :func:`describe`."""
+    return (config.method, config.bits, *describe(config).values())
+
+
+def record_key(record: dict) -> tuple:
+    """:func:`config_key` of the model a record came from (``("fp",)`` for the FP model)."""
+    if record["method"] == "fp":
+        return ("fp",)
+    return (record["method"], record["bits"], *(record.get(k) for k in _DESCRIBED))
+
+
+_DESCRIBED = ("num_groups", "smoothing", "alpha", "rotation", "cfg_split")
+
+
+def read_records(path: str | Path, run: dict) -> list[dict]:
+    """The records of an earlier evaluation in ``path`` ([] if there is no file), checked to come
+    from the same run: each of :data:`RUN_FIELDS` must equal ``run``'s."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a JSON file of eval records ({err}); move it away to start over") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "method" in r for r in records):
+        raise ValueError(f"{path} is not a list of eval records; move it away to start over")
+    for r in records:
+        if differ := [f"{k} {r.get(k)!r} (now {run[k]!r})" for k in RUN_FIELDS if r.get(k) != run[k]]:
+            raise ValueError(f"{path} holds records of another run: {', '.join(differ)}; resume with the same "
+                             "settings or write to another file")
+    return records
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise ``OSError`` now if :func:`write_json` could not write ``path`` (it makes the folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name for the JSON records")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def write_json(records: list[dict], path: str | Path) -> None:
-    """Write records atomically: the file is either complete or untouched."""
+    """Write records atomically as strict JSON (a non-finite number becomes null): the file is
+    either complete or untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(records, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_finite(records), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
