@@ -52,6 +52,11 @@ def test_more_groups_than_steps_is_rejected(tiny_pixart):
         calibrate(prepare(tiny_pixart, QuantConfig(time_groups=TimeGroups(8))), PROMPTS, steps=4)
 
 
+def test_one_string_is_not_taken_for_a_list_of_prompts(tiny_pixart):
+    with pytest.raises(ValueError, match="pass a list of prompts"):
+        calibrate(prepare(tiny_pixart, QuantConfig()), "a small red circle on the left", steps=4)
+
+
 def test_non_finite_calibration_activations_are_rejected(tiny_pixart):
     prepared = prepare(tiny_pixart, QuantConfig())
     name, layer = next(iter(prepared.layers.items()))

@@ -332,6 +332,12 @@ def test_layer_timing_times_every_case_of_every_shape(monkeypatch, tmp_path):
     assert all(r["eager_us"] > 0 and r["graph_us"] > 0 for r in report["rows"])
 
 
+def test_reports_are_strict_json(tmp_path):
+    path = bench.save_report({"results": [{"step_ms": float("nan"), "vs_fp32": float("inf")}]}, tmp_path / "r.json")
+    assert json.loads(path.read_text()) == {"results": [{"step_ms": None, "vs_fp32": None}]}
+    assert "NaN" not in path.read_text()
+
+
 def _processes_mentioning(text: str) -> list[int]:
     from pathlib import Path
 

@@ -133,6 +133,8 @@ def calibrate(prepared: Prepared, data: Sequence, steps: int | None = None, guid
         ValueError: for empty data, groups that do not fit the steps, a missing ``timesteps``,
             or non-finite activations.
     """
+    if isinstance(data, str | bytes):  # a string is a sequence too: of its characters
+        raise ValueError(f"calibration data is one string ({data[:40]!r}); pass a list of prompts, e.g. [{data[:40]!r}]")
     if not data:
         raise ValueError("calibration needs at least one prompt (or, for a bare transformer, one input dict)")
     config, model = prepared.config, prepared.model

@@ -126,8 +126,10 @@ def summary(result: dict) -> str:
 
 
 def save_report(report: dict, path: str | Path) -> Path:
-    """Write ``report`` as JSON to ``path`` (folders created)."""
+    """Write ``report`` as strict JSON to ``path`` (folders created; a non-finite number becomes null)."""
+    from trdq.eval.runner import finite
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path.write_text(json.dumps(finite(report), indent=1, allow_nan=False) + "\n")
     return path

@@ -245,14 +245,14 @@ def read_records(path: str | Path, run: dict) -> list[dict]:
     return records
 
 
-def _finite(value):
+def finite(value):
     """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
     if isinstance(value, float):
         return value if np.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -275,7 +275,7 @@ def write_json(records: list[dict], path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_finite(records), f, indent=2, allow_nan=False)
+            json.dump(finite(records), f, indent=2, allow_nan=False)
             f.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
         os.replace(tmp, path)
