@@ -51,11 +51,14 @@ def test_each_time_group_uses_its_own_weights():
     state = GroupState(GroupIndex((500.0,)))
     layer = QuantLinear.from_linear(lin, [GroupTransform(), GroupTransform(rotation=R.hadamard_rotation(72))],
                                     4, 8, state)
-    state.set_timestep(900)
+    rotated = QuantLinear.from_linear(lin, [GroupTransform(rotation=R.hadamard_rotation(72))], 4, 8, GroupState())
+    plain = QuantLinear.from_linear(lin, [GroupTransform()], 4, 8, GroupState())
+    state.set_timestep(900)  # group 0: no transform
     y0 = layer(x)
-    state.set_timestep(100)
+    state.set_timestep(100)  # group 1: the Hadamard rotation
     y1 = layer(x)
-    assert layer.num_groups == 2 and not torch.allclose(y0, y1)
+    assert layer.num_groups == 2 and torch.equal(y0, plain(x)) and torch.equal(y1, rotated(x))
+    assert not torch.allclose(y0, y1)
     assert "simulated" in repr(layer)
 
 

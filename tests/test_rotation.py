@@ -26,10 +26,13 @@ def test_random_signs_remove_the_all_ones_row():
     assert plain.max() / plain.median() > 3 * signed.max() / signed.median()
 
 
-def test_rotation_preserves_the_linear_layer_output():
+def test_rotation_preserves_the_linear_layer_output_while_mixing_every_channel():
     x = torch.randn(10, 192, dtype=torch.float64)
     w = torch.randn(32, 192, dtype=torch.float64)
     r = R.random_hadamard(192, seed=3)
+    assert torch.allclose(r @ r.T, torch.eye(192, dtype=torch.float64), atol=1e-12)
+    # every entry of a Hadamard has magnitude 1/sqrt(n): each output channel mixes all inputs
+    assert torch.allclose(r.abs(), torch.full_like(r, 192 ** -0.5))
     assert torch.allclose((x @ r) @ (w @ r).T, x @ w.T, atol=1e-9)
 
 

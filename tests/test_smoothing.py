@@ -12,10 +12,16 @@ def _layer(outlier_scale=30.0):
     return x, w
 
 
-def test_smoothing_is_exact_in_full_precision():
+def test_smoothing_is_exact_in_full_precision_and_moves_the_outliers_into_the_weight():
     x, w = _layer()
-    s = smoothing_factors(x.abs().amax(0), w.abs().amax(0), 0.5)
+    x_max, w_max = x.abs().amax(0), w.abs().amax(0)
+    s = smoothing_factors(x_max, w_max, 0.5)
+    assert torch.allclose(s, (x_max / w_max).sqrt())  # s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
     assert torch.allclose((x / s) @ (w * s).T, x @ w.T, atol=1e-9)
+    # the outlier channels now stand out far less in the activation, and more in the weight
+    ratio = lambda m: float(m.max() / m.median())  # noqa: E731
+    assert ratio((x / s).abs().amax(0)) < ratio(x_max) / 4
+    assert ratio((w * s).abs().amax(0)) > ratio(w_max)
 
 
 def test_alpha_one_flattens_activation_channels():

@@ -12,11 +12,14 @@ def _ddim_timesteps(steps):
     return s.timesteps.tolist()
 
 
-@pytest.mark.parametrize("groups", [TimeGroups(1), TimeGroups(4), TimeGroups(20), TimeGroups(boundaries=(0, 3, 12))])
-def test_every_step_of_the_calibration_schedule_maps_to_its_group(groups):
+@pytest.mark.parametrize("groups,expected", [
+    (TimeGroups(1), [0] * 20), (TimeGroups(4), [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5),
+    (TimeGroups(20), list(range(20))), (TimeGroups(boundaries=(0, 3, 12)), [0] * 3 + [1] * 9 + [2] * 8),
+])
+def test_every_step_of_the_calibration_schedule_maps_to_its_group(groups, expected):
     ts = _ddim_timesteps(20)
     index = GroupIndex.from_schedule(groups, ts)
-    assert [index.group_of(t) for t in ts] == groups.step_to_group(20)
+    assert [index.group_of(t) for t in ts] == expected
 
 
 def test_other_step_counts_map_by_timestep():
