@@ -222,7 +222,7 @@ DEPLOYMENTS = ("per-group", "shared", "jit")
 
 def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = None, dtype: torch.dtype | None = None,
             compile: bool = False, gemm: str | None = None) -> Model:
-    """Real integer execution of a quantized model (METHOD.md section 7).
+    """Real integer execution of a quantized model (docs/method.md §7).
 
     Every simulated :class:`~trdq.layers.QuantLinear` becomes a real integer layer: int8 GEMMs
     on per-token int8 activations, 4-bit weights packed two per byte, the time group's transform

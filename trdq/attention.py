@@ -1,4 +1,4 @@
-"""Attention-Sharing between the classifier-free-guidance branches (METHOD.md section 10).
+"""Attention-Sharing between the classifier-free-guidance branches (docs/method.md §9).
 
 Diffusers' CFG pipelines run the two branches as one batch, unconditional half first. In a
 self-attention layer whose two branches attend alike, the unconditional half can skip its queries,

@@ -1,4 +1,4 @@
-"""Calibration: running statistics of every target layer's input, per time group (METHOD.md s. 9).
+"""Calibration: running statistics of every target layer's input, per time group (docs/method.md §2).
 
 Each :class:`InputObserver` keeps, per time group, the per-channel abs-max of the layer input and
 a uniform sample of at most ``sample_tokens`` input rows (bottom-k reservoir sampling), which the

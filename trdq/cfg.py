@@ -1,5 +1,5 @@
 """CFG-wise compression: the conditional and unconditional branches as separate passes, each
-through its own quantized transformer (METHOD.md section 10).
+through its own quantized transformer (docs/method.md §8).
 
 Diffusers' CFG pipelines batch the branches, unconditional half first. :class:`CFGSplitTransformer`
 stands where the pipeline's transformer stands, cuts every batched input in two, runs the halves

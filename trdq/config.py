@@ -1,4 +1,4 @@
-"""Frozen, validated configuration of a quantization run (METHOD.md sections 3-8 and 12).
+"""Frozen, validated configuration of a quantization run (docs/method.md §1-§6 and §8).
 
 Invalid values raise ``ValueError`` with the fix in the message. Strings from the command line or
 the app become these objects at the boundary (see :func:`parse_bits`).

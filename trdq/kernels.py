@@ -1,4 +1,4 @@
-"""Real integer kernels (METHOD.md section 7): int8 GEMMs, int4 packing and the online rotation.
+"""Real integer kernels (docs/method.md §7): int8 GEMMs, int4 packing and the online rotation.
 
 The simulated path (``QuantLinear`` with :mod:`trdq.quantizer`'s fake quantization) rounds values
 to the integer grid but multiplies in floating point, so it shows accuracy and nothing else.

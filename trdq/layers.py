@@ -1,4 +1,4 @@
-"""The simulated quantized linear layer with per-time-group transforms (METHOD.md sections 5-6).
+"""The simulated quantized linear layer with per-time-group transforms (docs/method.md §3-§4).
 
 For time group g, with smoothing factors ``s_g`` (``Delta_g = diag(s_g)``) and an orthogonal
 rotation ``R_g`` (``R1_g P_g R2_g`` or a randomised Hadamard),
@@ -248,7 +248,7 @@ def compiled_quantized_linear():
 
 
 class IntLinear(nn.Module):
-    """The real integer twin of :class:`QuantLinear` (METHOD.md section 7, option (a)).
+    """The real integer twin of :class:`QuantLinear` (docs/method.md §7, deployment ``per-group``).
 
     Per call: the current group's transform is applied to the activations online (``X Delta^-1``
     then the factored rotation, never a dense (C, C) product), the result is quantized per token
@@ -386,7 +386,7 @@ class IntLinear(nn.Module):
 
 
 class SharedIntLinear(IntLinear):
-    """Real integer linear with one stored weight copy (METHOD.md section 7, option (b)).
+    """Real integer linear with one stored weight copy (docs/method.md §7, ``shared`` and ``jit``).
 
     The layer keeps an int8 master of its full-precision weight (per output channel, in the
     original frame) and, when the time group changes, rebuilds that group's weight codes from it

@@ -1,4 +1,4 @@
-"""TR-DQ and the baselines as recipes over the same pieces (METHOD.md sections 5, 6 and 12).
+"""TR-DQ and the baselines as recipes over the same pieces (docs/method.md §3-§6).
 
 A recipe says whether time groups are used, how smoothing is chosen (off, a fixed alpha, or a
 searched alpha_g) and which rotation follows. :func:`fit_layer` turns one layer's weight and its

@@ -1,4 +1,4 @@
-"""Uniform round-to-nearest quantization maths (METHOD.md section 3); no state, no modules.
+"""Uniform round-to-nearest quantization maths (docs/method.md §1); no state, no modules.
 
 Conventions: ``bits`` in 2..8; symmetric grids are ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (the most
 negative code is unused so the grid is symmetric and 8-bit codes fit ``torch.int8`` GEMMs);

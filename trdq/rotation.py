@@ -1,4 +1,4 @@
-"""Orthogonal transforms that flatten outlier channels (METHOD.md section 6); pure maths.
+"""Orthogonal transforms that flatten outlier channels (docs/method.md §4); pure maths.
 
 - :func:`hadamard`: normalised Hadamard matrices of order ``2^k * m`` for ``m`` in 1, 2 and the
   orders that Paley's constructions give (12, 20, 28, 36, ...), e.g. 1152 = 36 x 32 and 192 = 12 x 16.

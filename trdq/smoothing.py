@@ -1,4 +1,4 @@
-"""Per-group smoothing Delta_g: the factors s for a strength alpha_g (METHOD.md section 5).
+"""Per-group smoothing Delta_g: the factors s for a strength alpha_g (docs/method.md §3).
 
 ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)``; ``X~ = X diag(s)^-1``, ``W~ = W diag(s)``, so
 ``X~ W~^T = X W^T`` exactly and quantization difficulty moves between activations and weights.

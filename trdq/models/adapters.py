@@ -4,7 +4,7 @@ The engine itself only needs three facts about a transformer, and they are all h
 ``if``/``elif`` ladder over architectures lives anywhere else:
 
 - which ``nn.Linear`` layers to quantize by default (the blocks; embedders, adaLN modulation and
-  the final layer stay in full precision, METHOD.md section 8);
+  the final layer stay in full precision, docs/method.md §1);
 - where ``timestep`` sits among the positional arguments of ``forward`` (time groups need it);
 - random inputs of the right shapes for one forward call, for tests, benchmarks and smoke runs.
 
