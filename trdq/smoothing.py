@@ -19,7 +19,8 @@ def smoothing_factors(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: flo
     Args:
         x_absmax: (C_in,) abs-max of the layer input over one time group's calibration data.
         w_absmax: (C_in,) abs-max of each weight column.
-        alpha: migration strength in [0, 1]; 0 leaves activations alone, 1 flattens them fully.
+        alpha: migration strength in [0, 1]: 1 flattens the activation channels fully (their
+            abs-max moves into the weight), 0 flattens the weight columns instead.
 
     Channels that never fire (or have all-zero weights) get ``s = 1``.
     """
