@@ -9,7 +9,7 @@ import torch
 from trdq import bench, cpu
 from trdq.api import target_layers
 from trdq.bench import __main__ as worker
-from trdq.cli import main
+from trdq.cli import build_parser, main
 from trdq.cpu import cpu_info, float_dtype
 from trdq.models.adapters import adapter_for
 
@@ -323,6 +323,13 @@ def test_layer_timing_times_every_case_of_every_shape(monkeypatch, tmp_path):
     assert [r["case"] for r in report["rows"]] == ["fp16 linear", "w8a8 real (duquant)", "w8a8 real (no transform)",
                                                    "transform only", "int_mm only", "fp16 mm only"]
     assert all(r["eager_us"] > 0 and r["graph_us"] > 0 for r in report["rows"])
+
+
+def test_mem_limit_takes_zero_for_none_but_no_negative_or_nan():
+    assert build_parser().parse_args(["bench", "--mem-limit-gib", "0", "--json", "x"]).mem_limit_gib == 0
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["bench", "--mem-limit-gib", bad, "--json", "x"])
 
 
 def test_reports_are_strict_json(tmp_path):

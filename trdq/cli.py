@@ -36,15 +36,16 @@ def _integer(low: int, high: int | None = None):
 
 
 def _finite(low: float | None = None):
-    """An argparse type: a finite number (NaN would silently turn CFG off, inf blacken images)."""
+    """An argparse type: a finite number, at least ``low`` if given (NaN would silently turn CFG
+    off, inf blacken images)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or (low is not None and value <= low):
-            raise argparse.ArgumentTypeError(f"must be a finite number{'' if low is None else f' above {low}'}, "
-                                             f"got {text!r}")
+        if not math.isfinite(value) or (low is not None and value < low):
+            raise argparse.ArgumentTypeError(f"must be a finite number{'' if low is None else f' of at least {low:g}'}"
+                                             f", got {text!r}")
         return value
     parse.__name__ = "number"
     return parse
