@@ -45,12 +45,12 @@ def read_prompts_file(path: str | Path, caption_world=shapes, minimum: int = 2) 
                          "(one short caption per line)")
     raw = path.read_bytes()
     try:
-        if b"\0" in raw:
-            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "NUL byte")
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); write one caption per "
-                         "line in a text editor") from None
+        text, where = None, f"byte {err.start}: {err.reason}"
+    if text is None or "\0" in text:
+        where = where if text is None else f"a NUL at character {text.index(chr(0))}"
+        raise ValueError(f"{path} is not UTF-8 text ({where}); write one caption per line in a text editor")
     scenes = []
     for number, line in enumerate(text.splitlines(), start=1):
         text = line.strip()
