@@ -58,7 +58,7 @@ def lowest_kept(records: Sequence[dict], tolerance: float = ADHERENCE_TOLERANCE)
     for method, row in adherence.iterrows():
         last = None
         for bits in LADDER:
-            if pd.isna(row[bits]) or row[bits] < fp - tolerance:
+            if pd.isna(row[bits]) or row[bits] < fp - tolerance - 1e-9:  # 0.995 - 0.05 is 0.94500...01
                 break
             last = bits
         kept[method] = last

@@ -35,6 +35,9 @@ def test_lowest_kept_stops_at_the_first_rung_that_falls_short_or_is_missing():
     # rtn recovers at W3A4 after failing W4A4: still W4A8; trdq lacks W4A4: W4A8; quarot fails at once
     assert kept == {"rtn": "w4a8", "quarot": None, "trdq": "w4a8"}
     assert frontier.lowest_kept(recs, tolerance=0.2)["rtn"] == "w3a4"
+    # exactly 0.05 below FP still counts, whatever float rounding does to 0.995 - 0.05
+    edge = [{**FP, "adherence": 0.995}, {**FP, "method": "rtn", "bits": "w8a8", "adherence": 0.945}]
+    assert frontier.lowest_kept(edge) == {"rtn": "w8a8"}
 
 
 def test_markdown_bolds_the_best_per_rung_and_needs_fp(tmp_path):
