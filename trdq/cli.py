@@ -223,7 +223,7 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
     Every combination is made, and combinations a method treats alike (a rotation list for RTN,
     say) are kept once.
     """
-    from trdq.eval.runner import describe
+    from trdq.eval.runner import config_key, describe
 
     methods = _items(args.methods)
     unknown = [m for m in methods if m != "fp" and m not in METHODS]
@@ -249,9 +249,8 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
             config = QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(g), rotation=r,
                                  alpha=alpha, block_size=args.block_size, cfg_split=cfg_split,
                                  uncond_bits=uncond)
-            settings = describe(config)
-            TimeGroups(settings["num_groups"]).step_to_group(steps)  # too many groups fails now, not later
-            key = (m, config.bits, *settings.values())
+            TimeGroups(describe(config)["num_groups"]).step_to_group(steps)  # too many groups fails now
+            key = config_key(config)
             if key not in seen:
                 seen.add(key)
                 configs.append(config)

@@ -209,11 +209,14 @@ def describe(config: QuantConfig) -> dict:
 
 #: The fields that tell apart two evaluations of the same model whose records may share a file.
 RUN_FIELDS = ("model", "num_prompts", "seed", "steps", "guidance")
+# The settings of describe() that tell two quantized models of one method and bits apart.
+_DESCRIBED = ("num_groups", "smoothing", "alpha", "rotation", "cfg_split")
 
 
 def config_key(config: QuantConfig) -> tuple:
     """What identifies a quantized model's record in a file: method, bits and :func:`describe`."""
-    return (config.method, config.bits, *describe(config).values())
+    settings = describe(config)
+    return (config.method, config.bits, *(settings[k] for k in _DESCRIBED))
 
 
 def record_key(record: dict) -> tuple:
@@ -221,9 +224,6 @@ def record_key(record: dict) -> tuple:
     if record["method"] == "fp":
         return ("fp",)
     return (record["method"], record["bits"], *(record.get(k) for k in _DESCRIBED))
-
-
-_DESCRIBED = ("num_groups", "smoothing", "alpha", "rotation", "cfg_split")
 
 
 def read_records(path: str | Path, run: dict) -> list[dict]:
