@@ -86,10 +86,23 @@ def calibration_prompts(name: str) -> list[str]:
     return grid.calibration_prompts(fp_model(name), CALIBRATION[name])
 
 
+@functools.lru_cache(maxsize=2)
+def calibration(name: str, groups: trdq.TimeGroups, seed: int):
+    """The FP model's layer statistics on the calibration prompts, per time group, recorded once
+    per model and groups: every method and bit width is fitted from them (one-group methods merge
+    the groups), so a new slot or bit width costs a fit, not another calibration run."""
+    config = trdq.QuantConfig(method="trdq", time_groups=groups, seed=seed)  # trdq keeps per-group statistics
+    return trdq.calibrate(trdq.prepare(fp_model(name), config), calibration_prompts(name))
+
+
 def quantized_model(name: str, config: trdq.QuantConfig) -> trdq.LoadedModel:
     """One calibrated (simulated) model per model and configuration, kept in :data:`MODEL_CACHE`."""
-    return MODEL_CACHE.get(("simulated", name, config),
-                           lambda: trdq.quantize(fp_model(name), config, calibration_prompts(name)))
+    def build() -> trdq.LoadedModel:
+        if config.cfg_split:  # each branch is calibrated on its own rows
+            return trdq.quantize(fp_model(name), config, calibration_prompts(name))
+        return trdq.convert(calibration(name, config.time_groups, config.seed), config)
+
+    return MODEL_CACHE.get(("simulated", name, config), build)
 
 
 def executed_model(name: str, config: trdq.QuantConfig, execution: str) -> trdq.LoadedModel:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from trdq.api import calibrate, convert, prepare, quantize
 from trdq.config import QuantConfig, TimeGroups
@@ -66,3 +67,32 @@ def test_non_finite_calibration_activations_are_rejected(tiny_pixart):
             calibrate(prepared, PROMPTS, steps=4)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("method", ["rtn", "duquant", "trdq"])
+def test_one_calibration_serves_other_methods_and_bits(tiny_pixart, method):
+    """A method of one group merges the groups' statistics: the same model as its own calibration."""
+    shared = calibrate(prepare(tiny_pixart, QuantConfig(method="trdq", time_groups=TimeGroups(2), block_size=16)),
+                       PROMPTS, steps=4)
+    config = QuantConfig(method=method, w_bits=4, a_bits=6, time_groups=TimeGroups(2), block_size=16)
+    own = quantize(tiny_pixart, config, PROMPTS, steps=4)
+    reused = convert(shared, config)
+    assert reused.quant.index == own.quant.index and reused.quant.config == config
+    codes = {k: v for k, v in own.pipe.transformer.state_dict().items() if k.endswith("w_codes")}
+    assert codes and all(torch.equal(v, reused.pipe.transformer.state_dict()[k]) for k, v in codes.items())
+    assert np.array_equal(_images(reused), _images(own))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seed=1), "seed"), (dict(time_groups=TimeGroups(4)), "4 groups"),
+    (dict(include=("*attn1*",)), "other layers"), (dict(cfg_split=True), "each branch apart")])
+def test_a_config_the_calibration_cannot_serve_is_refused(tiny_pixart, change, message):
+    shared = calibrate(prepare(tiny_pixart, QuantConfig(method="viditq", time_groups=TimeGroups(2))), PROMPTS, steps=4)
+    with pytest.raises(ValueError, match=message):
+        convert(shared, QuantConfig(**{"method": "trdq", "time_groups": TimeGroups(2), **change}))
+
+
+def test_a_one_group_calibration_cannot_serve_a_grouped_method(tiny_pixart):
+    single = calibrate(prepare(tiny_pixart, QuantConfig(method="rtn")), PROMPTS, steps=4)
+    with pytest.raises(ValueError, match="one group"):
+        convert(single, QuantConfig(method="viditq", time_groups=TimeGroups(2)))

@@ -59,6 +59,35 @@ def test_zigzag_spreads_the_largest_channels_over_all_blocks():
     assert torch.equal(x @ R.permutation_matrix(perm), x[:, perm])
 
 
+@pytest.mark.parametrize("n, block", [(192, 64), (72, 32), (7, 3), (65, 64), (1, 64), (10, 1)])
+def test_greedy_rotation_is_the_reference_fit(n, block):
+    """The batched fit makes the reference's choices with its random signs; only rounding differs."""
+    absmax = torch.rand(n, dtype=torch.float64) ** 8 * 10
+    fast, ref = R.greedy_block_rotation(absmax, block, seed=4), R.greedy_block_rotation_ref(absmax, block, seed=4)
+    assert [b.shape for b in fast] == [b.shape for b in ref]
+    assert max((a - b).abs().max().item() for a, b in zip(fast, ref)) < 1e-12
+
+
+def test_candidates_fitted_together_are_fitted_as_alone():
+    absmax = torch.rand(3, 72, dtype=torch.float64) + torch.where(torch.arange(72) % 11 == 0, 20.0, 0.0)
+    together = R.greedy_block_rotations(absmax, 32, seed=5)
+    for row, blocks in zip(absmax, together):
+        assert all(torch.equal(a, b) for a, b in zip(blocks, R.greedy_block_rotation(row, 32, seed=5)))
+
+
+@pytest.mark.parametrize("n, block", [(40, 16), (64, 16), (7, 3), (1, 4)])
+def test_zigzag_deals_largest_first_back_and_forth(n, block):
+    absmax = torch.rand(n, dtype=torch.float64)
+    perm = R.zigzag_permutation(absmax, block)
+    sizes = R.block_sizes(n, block)
+    ranks = torch.empty(n, dtype=torch.long)
+    ranks[torch.argsort(absmax, descending=True)] = torch.arange(n)
+    blocks = [ranks[perm[s:s + b]].tolist() for s, b in zip([sum(sizes[:i]) for i in range(len(sizes))], sizes)]
+    assert sorted(perm.tolist()) == list(range(n))
+    first = [b[0] for b in blocks if b]  # the largest channels open the blocks, one each
+    assert sorted(first) == list(range(len(first)))
+
+
 def test_zigzag_handles_a_remainder_block():
     perm = R.zigzag_permutation(torch.rand(40, dtype=torch.float64), 16)
     assert sorted(perm.tolist()) == list(range(40))

@@ -177,31 +177,70 @@ def _run_inputs(transformer: nn.Module, data: Sequence[dict], progress: Callable
                 progress(i + 1, len(data))
 
 
-def convert(prepared: Prepared) -> Model:
+def convert(prepared: Prepared, config: QuantConfig | None = None) -> Model:
     """Build the quantized model from calibration statistics (the FP model is untouched).
+
+    Args:
+        prepared: a calibrated :class:`Prepared`.
+        config: quantize with these settings instead of ``prepared.config``, reusing its
+            statistics: one calibration serves every method and bit width. The config must choose
+            the same layers and seed as the calibration's; a method with time groups needs the
+            calibration's time groups, and a one-group method takes any (its statistics merged
+            into one group, as a one-group calibration records them).
 
     Returns:
         The kind :func:`prepare` was given: a :class:`LoadedModel`, a pipeline, or a transformer.
 
     Raises:
         RuntimeError: if ``calibrate`` has not run.
+        ValueError: for a ``config`` the calibration cannot serve.
     """
     if prepared.calibration is None:
         raise RuntimeError("convert() needs calibration statistics: call calibrate(prepared, prompts) first")
-    config = prepared.config
+    config = prepared.config if config is None else config
+    calibration, index = _statistics_for(prepared, config)
     transformer = copy.deepcopy(prepared.transformer)
-    state = GroupState(prepared.index)
+    state = GroupState(index)
     for name in prepared.layers:
         fp = transformer.get_submodule(name)
-        transforms = fit_layer(fp.weight, prepared.calibration.observers[name], config)
+        transforms = fit_layer(fp.weight, calibration.observers[name], config)
         replace_module(transformer, name, QuantLinear.from_linear(
             fp, transforms, config.w_bits, config.a_bits, state, config.w_group_size, config.a_symmetric))
     base = prepared.model.name if prepared.model is not None else type(transformer).__name__
-    info = QuantInfo(config, prepared.index, base, base_fingerprint=fingerprint(prepared.transformer))
+    info = QuantInfo(config, index, base, base_fingerprint=fingerprint(prepared.transformer))
     track_quantized(transformer, state, info)
     if prepared.model is None:
         return transformer
     return rewrap(prepared.model.pipe if prepared.given == "pipeline" else prepared.model, transformer)
+
+
+def _statistics_for(prepared: Prepared, config: QuantConfig) -> tuple[Calibration, GroupIndex]:
+    """The calibration statistics and time-group index ``config`` quantizes with."""
+    calibrated = prepared.config
+    if config is not calibrated:
+        if config.cfg_split:
+            raise ValueError("convert() quantizes one transformer; a CFG split (cfg_split=True) calibrates "
+                             "each branch apart: use trdq.quantize(model, config, prompts)")
+        if config.seed != calibrated.seed:
+            raise ValueError(f"the calibration was recorded with seed={calibrated.seed}, the config asks "
+                             f"seed={config.seed}; use the same seed (it draws the calibration's row sample)")
+        include = prepared.adapter.include if config.include is None else config.include
+        exclude = prepared.adapter.exclude if config.exclude is None else config.exclude
+        if list(target_layers(prepared.transformer, include, exclude)) != list(prepared.layers):
+            raise ValueError("the config's include/exclude patterns choose other layers than the calibration "
+                             "recorded; calibrate with prepare(model, config) for those layers")
+    calibration, index = prepared.calibration, prepared.index
+    if num_groups(config) == 1:
+        return (calibration.merged(), GroupIndex()) if index.num_groups > 1 else (calibration, index)
+    if num_groups(calibrated) == 1 or config.time_groups != calibrated.time_groups:
+        raise ValueError(f"{config.method} quantizes per time group ({_groups(config.time_groups)}) but the "
+                         f"calibration kept {_groups(calibrated.time_groups) if index.num_groups > 1 else 'one group'}; "
+                         "calibrate with a config of those time groups and a method that uses them (viditq, trdq)")
+    return calibration, index
+
+
+def _groups(groups: TimeGroups) -> str:
+    return f"{groups.num_groups} groups" + (f" split at steps {list(groups.boundaries)}" if groups.boundaries else "")
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -8,6 +8,8 @@ amount of calibration data.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -35,14 +37,20 @@ class InputObserver:
     def update(self, x: torch.Tensor, group: int) -> None:
         """Fold a batch of inputs (..., C_in) seen in time group ``group`` into the statistics."""
         x = x.detach().reshape(-1, x.shape[-1]).float().cpu()
-        if not torch.isfinite(x).all():
+        absmax = x.abs().amax(0)
+        if not torch.isfinite(absmax).all():  # the abs-max is NaN or Inf where any input is
             raise ValueError(f"non-finite activations (NaN/Inf) entered {self.name} during calibration; "
                              "check the model in full precision, or exclude this layer")
-        self.absmax[group] = torch.maximum(self.absmax[group], x.abs().amax(0))
+        self.absmax[group] = torch.maximum(self.absmax[group], absmax)
         self.tokens[group] += len(x)
-        keys = torch.cat([self._keys[group], torch.rand(len(x), generator=self._gen)])
+        new_keys = torch.rand(len(x), generator=self._gen)
+        overflow = len(self._keys[group]) + len(new_keys) > self._k
+        if overflow and len(self._keys[group]) == self._k:  # full: only keys below its largest can enter
+            enter = new_keys < self._keys[group].max()
+            new_keys, x = new_keys[enter], x[enter]
+        keys = torch.cat([self._keys[group], new_keys])
         rows = torch.cat([self._rows[group], x])
-        if len(keys) > self._k:
+        if overflow:
             keep = torch.topk(keys, self._k, largest=False).indices
             keys, rows = keys[keep], rows[keep]
         self._keys[group], self._rows[group] = keys, rows
@@ -50,6 +58,20 @@ class InputObserver:
     def sample(self, group: int) -> torch.Tensor:
         """(n <= sample_tokens, C_in) uniform sample of the inputs seen in ``group``."""
         return self._rows[group]
+
+    def merged(self) -> InputObserver:
+        """The statistics of all groups as one group: what a one-group observer fed the same inputs
+        records. The abs-max is the groups' maximum; the sample is the union's ``sample_tokens`` rows
+        of smallest key (each group keeps its own smallest, so the union holds the overall ones),
+        the same rows a single reservoir keeps (in key order, which it also reaches once full)."""
+        one = InputObserver(self.name, 1, self.absmax.shape[1], self._k)
+        one.absmax, one.tokens = self.absmax.amax(0, keepdim=True), self.tokens.sum(0, keepdim=True)
+        keys, rows = torch.cat(self._keys), torch.cat(self._rows)
+        if len(keys) > self._k:
+            keep = torch.topk(keys, self._k, largest=False).indices
+            keys, rows = keys[keep], rows[keep]
+        one._keys, one._rows = [keys], [rows]
+        return one
 
 
 class Calibration:
@@ -83,6 +105,13 @@ class Calibration:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def merged(self) -> Calibration:
+        """These statistics as one time group (:meth:`InputObserver.merged`), for one-group methods."""
+        one = copy.copy(self)
+        one.observers = {name: obs.merged() for name, obs in self.observers.items()}
+        one._handles = []
+        return one
 
     def check_complete(self) -> None:
         """Raise if some time group saw no calibration data (e.g. too few sampling steps)."""

@@ -70,17 +70,24 @@ def fit_rotation(kind: str, sample: torch.Tensor, absmax: torch.Tensor, block_si
         sample: (n, C_in) calibration rows, used to measure channel maxima between R1 and R2.
         absmax: (C_in,) per-channel abs-max of the inputs.
     """
-    c_in = absmax.numel()
+    return fit_rotations(kind, [sample], [absmax], block_size, steps, seed)[0]
+
+
+def fit_rotations(kind: str, samples: list[torch.Tensor], absmaxes: list[torch.Tensor], block_size: int,
+                  steps: int, seed: int) -> list[rot.Rotation | None]:
+    """:func:`fit_rotation` of several candidates (e.g. one per alpha) of one layer, fitted together."""
     if kind == "none":
-        return None
+        return [None] * len(absmaxes)
+    c_in = absmaxes[0].numel()
     if kind == "hadamard":
-        return rot.hadamard_rotation(c_in, seed)
+        return [rot.hadamard_rotation(c_in, seed) for _ in absmaxes]
     block = min(block_size, c_in)
-    r1 = rot.greedy_block_rotation(absmax, block, steps, seed)
-    m1 = rot.apply_block_diag(sample.double() if len(sample) else absmax.double()[None], r1).abs().amax(0)
-    perm = rot.zigzag_permutation(m1, block)
-    r2 = rot.greedy_block_rotation(m1[perm], block, steps, seed + 1)
-    return rot.duquant_rotation(r1, perm, r2)
+    r1s = rot.greedy_block_rotations(torch.stack(absmaxes), block, steps, seed)
+    m1s = [rot.apply_block_diag(x.double() if len(x) else m.double()[None], r1).abs().amax(0)
+           for x, m, r1 in zip(samples, absmaxes, r1s)]
+    perms = [rot.zigzag_permutation(m1, block) for m1 in m1s]
+    r2s = rot.greedy_block_rotations(torch.stack([m1[p] for m1, p in zip(m1s, perms)]), block, steps, seed + 1)
+    return [rot.duquant_rotation(r1, p, r2) for r1, p, r2 in zip(r1s, perms, r2s)]
 
 
 def _error(t: GroupTransform, x: torch.Tensor, w: torch.Tensor, ref: torch.Tensor, config: QuantConfig) -> float:
@@ -90,13 +97,15 @@ def _error(t: GroupTransform, x: torch.Tensor, w: torch.Tensor, ref: torch.Tenso
     return float((xq @ wq.T - ref).pow(2).mean())
 
 
-def _candidate(alpha: float | None, x: torch.Tensor, absmax: torch.Tensor, w_absmax: torch.Tensor,
-               rotation: str, config: QuantConfig) -> GroupTransform:
-    delta = None if alpha is None else smoothing_factors(absmax, w_absmax, alpha)
-    xs = x.double() if delta is None else x.double() / delta
-    ms = absmax.double() if delta is None else absmax.double() / delta
-    r = fit_rotation(rotation, xs, ms, config.block_size, config.rotation_steps, config.seed)
-    return GroupTransform(delta=delta, rotation=r, alpha=alpha)
+def _candidates(alphas: list[float | None], rotation: str, x: torch.Tensor, absmax: torch.Tensor,
+                w_absmax: torch.Tensor, config: QuantConfig) -> list[GroupTransform]:
+    """One transform per alpha (None: no smoothing), each followed by a ``rotation`` fitted to the
+    inputs as that smoothing leaves them."""
+    deltas = [None if a is None else smoothing_factors(absmax, w_absmax, a) for a in alphas]
+    xs = [x.double() if d is None else x.double() / d for d in deltas]
+    ms = [absmax.double() if d is None else absmax.double() / d for d in deltas]
+    rotations = fit_rotations(rotation, xs, ms, config.block_size, config.rotation_steps, config.seed)
+    return [GroupTransform(delta=d, rotation=r, alpha=a) for a, d, r in zip(alphas, deltas, rotations)]
 
 
 def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Recipe,
@@ -116,13 +125,15 @@ def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Re
         alphas = [config.alphas()[group] if config.alpha is not None else DEFAULT_FIXED_ALPHA]
     else:
         alphas = list(config.alpha_grid)
-    candidates = [_candidate(a, x, absmax, w_absmax, recipe.rotation, config) for a in alphas]
-    if recipe.select:  # beyond the paper: a transform that does not pay is not applied
-        candidates += [GroupTransform()]
-        if recipe.rotation != "none":
-            candidates += [_candidate(None, x, absmax, w_absmax, recipe.rotation, config)]
-        if recipe.smoothing != "none":
-            candidates += [_candidate(a, x, absmax, w_absmax, "none", config) for a in alphas]
+    both = recipe.rotation != "none" and recipe.smoothing != "none"
+    # beyond the paper, with select: a transform that does not pay is not applied, so the
+    # candidates also hold no transform, the rotation alone and the smoothing alone
+    rotated = _candidates(alphas + [None] * (recipe.select and both), recipe.rotation, x, absmax, w_absmax, config)
+    candidates = rotated[:len(alphas)]
+    if recipe.select:
+        candidates += [GroupTransform(), *rotated[len(alphas):]]
+        if both:
+            candidates += _candidates(alphas, "none", x, absmax, w_absmax, config)
     if len(candidates) == 1:
         return candidates[0]
     ref = x.float() @ w.float().T

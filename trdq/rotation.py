@@ -3,7 +3,8 @@
 - :func:`hadamard`: normalised Hadamard matrices of order ``2^k * m`` for ``m`` in 1, 2 and the
   orders that Paley's constructions give (12, 20, 28, 36, ...), e.g. 1152 = 36 x 32 and 192 = 12 x 16.
 - :func:`random_hadamard`: QuaRot's randomised Hadamard ``diag(signs) H``.
-- :func:`greedy_block_rotation`: DuQuant-style block rotation fitted to per-channel abs-maxima.
+- :func:`greedy_block_rotation`: DuQuant-style block rotation fitted to per-channel abs-maxima
+  (:func:`greedy_block_rotations` for several candidates at once).
 - :func:`zigzag_permutation`: deals channels to blocks so each block gets a similar share of outliers.
 
 All matrices are float64 and orthogonal: ``x @ R`` rotates activations (tokens, C) and
@@ -407,23 +408,9 @@ def _spread_reflection(d: int, signs: torch.Tensor) -> torch.Tensor:
     return torch.eye(b, dtype=DTYPE) - 2 * torch.outer(v, v)
 
 
-def greedy_block_rotation(absmax: torch.Tensor, block_size: int, max_steps: int = 8,
-                          seed: int = 0) -> list[torch.Tensor]:
-    """DuQuant-style rotation of each block, fitted to per-channel input abs-maxima.
-
-    In every block, repeatedly take the channel with the largest remaining magnitude and apply a
-    reflection that spreads it evenly over the block; keep the prefix of steps whose result has
-    the smallest maximum.
-
-    Args:
-        absmax: (C,) per-channel abs-max of the (smoothed) activations.
-        block_size: channels per block (the last block takes the remainder).
-        max_steps: greedy steps per block.
-        seed: for the random signs of each spreading direction.
-
-    Returns:
-        Orthogonal blocks, (b, b) each, in channel order.
-    """
+def greedy_block_rotation_ref(absmax: torch.Tensor, block_size: int, max_steps: int = 8,
+                              seed: int = 0) -> list[torch.Tensor]:
+    """:func:`greedy_block_rotation` one block and one dense reflection at a time (the reference)."""
     gen = torch.Generator().manual_seed(seed)
     blocks, start = [], 0
     for b in block_sizes(absmax.numel(), block_size):
@@ -441,6 +428,72 @@ def greedy_block_rotation(absmax: torch.Tensor, block_size: int, max_steps: int 
     return blocks
 
 
+def greedy_block_rotation(absmax: torch.Tensor, block_size: int, max_steps: int = 8,
+                          seed: int = 0) -> list[torch.Tensor]:
+    """DuQuant-style rotation of each block, fitted to per-channel input abs-maxima.
+
+    In every block, repeatedly take the channel with the largest remaining magnitude and apply a
+    reflection that spreads it evenly over the block; keep the prefix of steps whose result has
+    the smallest maximum.
+
+    Args:
+        absmax: (C,) per-channel abs-max of the (smoothed) activations.
+        block_size: channels per block (the last block takes the remainder).
+        max_steps: greedy steps per block.
+        seed: for the random signs of each spreading direction.
+
+    Returns:
+        Orthogonal blocks, (b, b) each, in channel order.
+    """
+    return greedy_block_rotations(absmax[None], block_size, max_steps, seed)[0]
+
+
+def greedy_block_rotations(absmax: torch.Tensor, block_size: int, max_steps: int = 8,
+                           seed: int = 0) -> list[list[torch.Tensor]]:
+    """:func:`greedy_block_rotation` of K candidates' abs-maxima (K, C) at once, each with the
+    same random signs (as K calls with one seed would draw).
+
+    All blocks of one size, of every candidate, are fitted together and each reflection is applied
+    as a rank-one update: the result of :func:`greedy_block_rotation_ref` to float64 rounding, at
+    a fraction of its cost (the fits' Python overhead, not their arithmetic, dominates).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k, c = absmax.shape
+    sizes = block_sizes(c, block_size)
+    fitted: list[list[torch.Tensor]] = [[] for _ in range(k)]
+    start = 0
+    for b in dict.fromkeys(sizes):  # the full blocks, then the remainder
+        count = sizes.count(b)
+        # one draw for all blocks of a size: the reference's stream, block by block, step by step
+        signs = torch.randint(0, 2, (count, max_steps if b > 1 else 0, b), generator=gen).to(DTYPE) * 2 - 1
+        v = absmax[:, start:start + count * b].to(DTYPE).reshape(k * count, b)
+        blocks = _greedy_blocks(v, signs.repeat(k, 1, 1))
+        for i in range(k):
+            fitted[i] += blocks[i * count:(i + 1) * count]
+        start += count * b
+    return fitted
+
+
+def _greedy_blocks(v: torch.Tensor, signs: torch.Tensor) -> list[torch.Tensor]:
+    """The greedy rotation of n blocks of one size: v (n, b), signs (n, steps, b)."""
+    n, b = v.shape
+    rows = torch.arange(n)
+    rot = torch.eye(b, dtype=DTYPE).repeat(n, 1, 1)
+    best, best_max = rot.clone(), v.abs().amax(1)
+    for step in range(signs.shape[1]):
+        d = v.abs().argmax(1)
+        u = -signs[:, step] / b**0.5  # the reflection's axis: e_d - signs / sqrt(b), normalized
+        u[rows, d] += 1.0
+        norm = u.norm(dim=1, keepdim=True)
+        u = torch.where(norm < 1e-12, torch.zeros_like(u), u / norm.clamp_min(1e-12))  # spread already: H = I
+        v = v - 2 * (v * u).sum(1, keepdim=True) * u
+        rot = rot - 2 * (rot * u[:, None, :]).sum(2, keepdim=True) * u[:, None, :]  # batched GEMV is slow
+        current = v.abs().amax(1)
+        better = current < best_max
+        best[better], best_max = rot[better], torch.where(better, current, best_max)
+    return list(best.unbind(0))
+
+
 def zigzag_permutation(absmax: torch.Tensor, block_size: int) -> torch.Tensor:
     """Channel order that deals channels, largest first, to blocks in zigzag order.
 
@@ -451,16 +504,23 @@ def zigzag_permutation(absmax: torch.Tensor, block_size: int) -> torch.Tensor:
     Returns:
         ``perm`` (C,) long: ``x[:, perm]`` puts channel ``perm[i]`` at position i.
     """
-    sizes = block_sizes(absmax.numel(), block_size)
-    order = torch.argsort(absmax, descending=True).tolist()
+    order = torch.argsort(absmax, descending=True)
+    return order[_zigzag_slots(absmax.numel(), block_size)]
+
+
+@functools.lru_cache(maxsize=64)
+def _zigzag_slots(n: int, block_size: int) -> torch.Tensor:
+    """Where the dealing puts each rank: position i of the permutation holds the channel of rank
+    ``slots[i]`` (the deal depends on the ranks only, not on the magnitudes)."""
+    sizes = block_sizes(n, block_size)
     slots: list[list[int]] = [[] for _ in sizes]
     forward, i = True, 0
-    for ch in order:
+    for rank in range(n):
         while len(slots[i]) >= sizes[i]:  # skip full blocks (the remainder block fills first)
             i, forward = _next(i, forward, len(sizes))
-        slots[i].append(ch)
+        slots[i].append(rank)
         i, forward = _next(i, forward, len(sizes))
-    return torch.tensor([c for slot in slots for c in slot], dtype=torch.long)
+    return torch.tensor([r for slot in slots for r in slot], dtype=torch.long)
 
 
 def _next(i: int, forward: bool, n: int) -> tuple[int, bool]:
