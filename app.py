@@ -100,7 +100,8 @@ def quantized_model(name: str, config: trdq.QuantConfig) -> trdq.LoadedModel:
     def build() -> trdq.LoadedModel:
         if config.cfg_split:  # each branch is calibrated on its own rows
             return trdq.quantize(fp_model(name), config, calibration_prompts(name))
-        return trdq.convert(calibration(name, config.time_groups, config.seed), config)
+        choices = shipped.load_choices(name, config, fp_model(name), calibration_prompts(name))
+        return trdq.convert(calibration(name, config.time_groups, config.seed), config, choices=choices)
 
     return MODEL_CACHE.get(("simulated", name, config), build)
 
@@ -257,6 +258,10 @@ def quantize(model_label: str, method: str, bits: str, groups: float, rotation: 
             f"{config.time_groups.num_groups} time groups, alpha_g {alpha}, rotation {config.rotation} "
             f"(block {config.block_size}){', CFG split' if config.cfg_split else ''}. "
             + (f"Calibrated in {seconds:.1f} s." if fresh else "Taken from the cache (calibrated earlier).")
+            + (" The search's choices (alpha_g and transform per layer and group) came from the shipped "
+               "search of these settings on the same calibration (assets/examples; the same model as "
+               "searching here, without the wait)."
+               if fresh and shipped.load_choices(name, config, fp_model(name), calibration_prompts(name)) else "")
             + (f" {note}" if (note := grid.real_path_note(config.w_bits, config.a_bits)) else ""))
 
 

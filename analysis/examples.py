@@ -5,8 +5,10 @@ prompts, and one Distributions and one Trajectory case, shipped in ``assets/exam
     python -m analysis examples --model shapes-t2i
 
 Each model's folder holds ``grid.json`` (settings, machine, and per prompt every column's facts
-and detector readings), one lossless PNG per output (a clip as a strip of frames), and
-``distributions.json`` / ``trajectory.json`` (plotly figures and the statistics table). The app
+and detector readings), one lossless PNG per output (a clip as a strip of frames),
+``choices.json`` (what the default TR-DQ slot's search chose per layer and time group, so the app
+fits it without searching again on the same calibration) and ``distributions.json`` /
+``trajectory.json`` (plotly figures and the statistics table). The app
 computes its own answers with the same functions (:func:`analysis.compare.run_grid`,
 :func:`distributions_case`, :func:`trajectory_case`), so pressing a button with the default
 settings recomputes what is shown.
@@ -184,6 +186,57 @@ def load_case(model_name: str, kind: str, folder: Path = EXAMPLES_DIR) -> dict |
     return data
 
 
+# ---------------------------------------------------------------- searches
+
+
+def searches(config: trdq.QuantConfig) -> bool:
+    """Whether ``config``'s method searches per layer (alpha_g, transform selection)."""
+    from trdq.methods import recipe_for
+
+    recipe = recipe_for(config)
+    return recipe.smoothing == "search" or recipe.select
+
+
+def calibration_record(fp: trdq.LoadedModel, prompts: Sequence[str]) -> dict:
+    """What a shipped search was calibrated on: the base weights' fingerprint and the calibration
+    run (prompts, first seed 0, the model's steps and guidance)."""
+    from trdq.api import transformer_of
+    from trdq.fingerprint import fingerprint
+
+    return {"base_fingerprint": fingerprint(transformer_of(fp)), "prompts": list(prompts), "seed": 0,
+            "steps": fp.settings.steps, "guidance": fp.settings.guidance}
+
+
+def write_choices(path: Path, fp: trdq.LoadedModel, prompts: Sequence[str],
+                  quantized: Sequence[tuple[trdq.QuantConfig, trdq.LoadedModel]]) -> Path:
+    """The choices (alpha and transform per layer and time group) of every searching default slot,
+    with what they were calibrated on, so the app can fit them without searching again."""
+    from trdq.api import choices_of
+
+    entries = [{"config": c.to_dict(), "choices": choices_of(q)} for c, q in quantized if searches(c)]
+    path.write_text(json.dumps({**calibration_record(fp, prompts), "searches": entries}) + "\n")
+    return path
+
+
+def load_choices(model_name: str, config: trdq.QuantConfig, fp: trdq.LoadedModel, prompts: Sequence[str],
+                 folder: Path = EXAMPLES_DIR) -> dict | None:
+    """The shipped choices of ``config``, if its search was made on these weights and this
+    calibration (:func:`write_choices`); else None (then the search runs)."""
+    from trdq.api import transformer_of
+    from trdq.fingerprint import mismatch
+
+    path = folder / model_name / "choices.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    record = {k: v for k, v in calibration_record(fp, prompts).items() if k != "base_fingerprint"}
+    if any(data.get(k) != v for k, v in record.items()) or mismatch(data["base_fingerprint"], transformer_of(fp)):
+        return None
+    wanted = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
+    entry = next((e for e in data["searches"] if e["config"] == wanted), None)
+    return None if entry is None else {name: [tuple(c) for c in per_group] for name, per_group in entry["choices"].items()}
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -215,7 +268,8 @@ def build(model_name: str, out: Path = EXAMPLES_DIR, prompts: Sequence[str] | No
     meta = {"model": model_name, "seed": SEED, "steps": STEPS, "guidance": GUIDANCE,
             "configs": [c.to_dict() for c, _, _ in quantized], "calibration_prompts": len(calibration),
             "machine": machine(torch.get_num_threads())}
-    written = [write_grid(folder, grids, meta)]
+    written = [write_grid(folder, grids, meta),
+               write_choices(folder / "choices.json", fp, calibration, [(c, q) for c, q, _ in quantized])]
 
     if model_name not in CASES:
         return written

@@ -96,3 +96,42 @@ def test_a_one_group_calibration_cannot_serve_a_grouped_method(tiny_pixart):
     single = calibrate(prepare(tiny_pixart, QuantConfig(method="rtn")), PROMPTS, steps=4)
     with pytest.raises(ValueError, match="one group"):
         convert(single, QuantConfig(method="viditq", time_groups=TimeGroups(2)))
+
+
+def test_a_search_s_choices_rebuild_its_model_without_searching(tiny_pixart, monkeypatch):
+    from trdq import methods
+    from trdq.api import choices_of
+
+    config = QuantConfig(method="trdq", w_bits=4, a_bits=4, time_groups=TimeGroups(2), block_size=16)
+    prepared = calibrate(prepare(tiny_pixart, config), PROMPTS, steps=4)
+    searched = convert(prepared)
+    choices = choices_of(searched)
+    assert {kind for per_group in choices.values() for _, kind in per_group} - {"none", "smooth", "rotate", "both"} == set()
+    monkeypatch.setattr(methods, "_error", lambda *a: pytest.fail("searched although given choices"))
+    rebuilt = convert(prepared, choices=choices)
+    assert choices_of(rebuilt) == choices
+    state = rebuilt.pipe.transformer.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in searched.pipe.transformer.state_dict().items())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.popitem(), "exactly the quantized layers"),
+    (lambda c: c.update({k: v[:1] for k, v in c.items()}), "1 entries for 2 time groups"),
+    (lambda c: c.update({k: [(None, "twist")] * 2 for k in c}), "unknown kind"),
+    (lambda c: c.update({k: [(None, "smooth")] * 2 for k in c}), "alpha in"),
+    (lambda c: c.update({k: [(1.5, "both")] * 2 for k in c}), "alpha in")])
+def test_choices_that_do_not_fit_are_refused(tiny_pixart, edit, message):
+    from trdq.api import choices_of
+
+    config = QuantConfig(method="trdq", w_bits=4, a_bits=4, time_groups=TimeGroups(2), block_size=16)
+    prepared = calibrate(prepare(tiny_pixart, config), PROMPTS, steps=4)
+    choices = choices_of(convert(prepared))
+    edit(choices)
+    with pytest.raises(ValueError, match=message):
+        convert(prepared, choices=choices)
+
+
+def test_rotation_choices_are_refused_for_a_method_without_rotation(tiny_pixart):
+    prepared = calibrate(prepare(tiny_pixart, QuantConfig(method="viditq", time_groups=TimeGroups(2))), PROMPTS, steps=4)
+    with pytest.raises(ValueError, match="applies no rotation"):
+        convert(prepared, choices={name: [(None, "rotate")] * 2 for name in prepared.layers})

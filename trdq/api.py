@@ -26,7 +26,7 @@ from trdq.cfg import BRANCHES, CFGSplitTransformer
 from trdq.config import QuantConfig, TimeGroups
 from trdq.fingerprint import fingerprint
 from trdq.layers import EXECUTION, IntLinear, QuantLinear, SharedIntLinear
-from trdq.methods import fit_layer, num_groups
+from trdq.methods import Choice, check_choices, fit_layer, num_groups
 from trdq.models.adapters import Adapter, UnsupportedArchitectureError, adapter_for
 from trdq.models.loader import LoadedModel, ModelSettings
 from trdq.sampling import generate
@@ -177,7 +177,8 @@ def _run_inputs(transformer: nn.Module, data: Sequence[dict], progress: Callable
                 progress(i + 1, len(data))
 
 
-def convert(prepared: Prepared, config: QuantConfig | None = None) -> Model:
+def convert(prepared: Prepared, config: QuantConfig | None = None,
+            choices: dict[str, list[Choice]] | None = None) -> Model:
     """Build the quantized model from calibration statistics (the FP model is untouched).
 
     Args:
@@ -187,6 +188,9 @@ def convert(prepared: Prepared, config: QuantConfig | None = None) -> Model:
             the same layers and seed as the calibration's; a method with time groups needs the
             calibration's time groups, and a one-group method takes any (its statistics merged
             into one group, as a one-group calibration records them).
+        choices: per quantized layer, one ``(alpha, kind)`` per time group to fit instead of
+            searching (:func:`choices_of` an earlier model). On the statistics that search saw,
+            the model is the one it made, at the cost of fitting one candidate.
 
     Returns:
         The kind :func:`prepare` was given: a :class:`LoadedModel`, a pipeline, or a transformer.
@@ -199,11 +203,13 @@ def convert(prepared: Prepared, config: QuantConfig | None = None) -> Model:
         raise RuntimeError("convert() needs calibration statistics: call calibrate(prepared, prompts) first")
     config = prepared.config if config is None else config
     calibration, index = _statistics_for(prepared, config)
+    if choices is not None:
+        check_choices(choices, list(prepared.layers), index.num_groups, config)
     transformer = copy.deepcopy(prepared.transformer)
     state = GroupState(index)
     for name in prepared.layers:
         fp = transformer.get_submodule(name)
-        transforms = fit_layer(fp.weight, calibration.observers[name], config)
+        transforms = fit_layer(fp.weight, calibration.observers[name], config, choices[name] if choices else None)
         replace_module(transformer, name, QuantLinear.from_linear(
             fp, transforms, config.w_bits, config.a_bits, state, config.w_group_size, config.a_symmetric))
     base = prepared.model.name if prepared.model is not None else type(transformer).__name__
@@ -212,6 +218,13 @@ def convert(prepared: Prepared, config: QuantConfig | None = None) -> Model:
     if prepared.model is None:
         return transformer
     return rewrap(prepared.model.pipe if prepared.given == "pipeline" else prepared.model, transformer)
+
+
+def choices_of(qmodel: Model) -> dict[str, list[Choice]]:
+    """What a quantized model's fit chose, per layer and time group: ``(alpha, kind)`` (see
+    :func:`convert`'s ``choices``)."""
+    return {name: [(t.alpha, t.kind) for t in m.transforms]
+            for name, m in transformer_of(qmodel).named_modules() if isinstance(m, QuantLinear)}
 
 
 def _statistics_for(prepared: Prepared, config: QuantConfig) -> tuple[Calibration, GroupIndex]:

@@ -108,8 +108,13 @@ def _candidates(alphas: list[float | None], rotation: str, x: torch.Tensor, absm
     return [GroupTransform(delta=d, rotation=r, alpha=a) for a, d, r in zip(alphas, deltas, rotations)]
 
 
+#: What a search decides per layer and time group: the smoothing alpha (None: no smoothing) and the
+#: transform kind (:attr:`GroupTransform.kind`: none, smooth, rotate or both).
+Choice = tuple[float | None, str]
+
+
 def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Recipe,
-              config: QuantConfig, group: int = 0) -> GroupTransform:
+              config: QuantConfig, group: int = 0, choice: Choice | None = None) -> GroupTransform:
     """The transform of one layer in one time group.
 
     Args:
@@ -117,8 +122,14 @@ def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Re
         x: (n, C_in) calibration sample of that group's inputs.
         absmax: (C_in,) running abs-max of that group's inputs.
         group: the time group (for a per-group fixed alpha).
+        choice: fit this candidate only, skipping the search (e.g. what an earlier search on the
+            same statistics chose: then the transform is the one it fitted).
     """
     w_absmax = w.abs().amax(0)
+    if choice is not None:
+        alpha, kind = choice
+        rotation = recipe.rotation if kind in ("rotate", "both") else "none"
+        return _candidates([alpha], rotation, x, absmax, w_absmax, config)[0]
     if recipe.smoothing == "none":
         alphas: list[float | None] = [None]
     elif recipe.smoothing == "fixed":
@@ -140,9 +151,33 @@ def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Re
     return min(candidates, key=lambda t: _error(t, x, w, ref, config))
 
 
-def fit_layer(w: torch.Tensor, observer: InputObserver, config: QuantConfig) -> list[GroupTransform]:
-    """One transform per time group for a layer, from its calibration statistics."""
+def fit_layer(w: torch.Tensor, observer: InputObserver, config: QuantConfig,
+              choices: list[Choice] | None = None) -> list[GroupTransform]:
+    """One transform per time group for a layer, from its calibration statistics (and, given
+    ``choices``, one per group, the chosen candidates without a search)."""
     recipe = recipe_for(config)
     w = w.detach().double().cpu()
-    return [fit_group(w, observer.sample(g), observer.absmax[g], recipe, config, g)
-            for g in range(observer.absmax.shape[0])]
+    groups = range(observer.absmax.shape[0])
+    return [fit_group(w, observer.sample(g), observer.absmax[g], recipe, config, g, choices[g] if choices else None)
+            for g in groups]
+
+
+def check_choices(choices: dict[str, list], layers: list[str], num_groups: int, config: QuantConfig) -> None:
+    """Raise a ValueError unless ``choices`` give every one of ``layers`` one :data:`Choice` per
+    time group that ``config``'s method can make."""
+    recipe = recipe_for(config)
+    if sorted(choices) != sorted(layers):
+        missing, extra = sorted(set(layers) - set(choices)), sorted(set(choices) - set(layers))
+        raise ValueError(f"choices must name exactly the quantized layers; missing {missing[:3]}, "
+                         f"not quantized {extra[:3]}")
+    for name, per_group in choices.items():
+        if len(per_group) != num_groups:
+            raise ValueError(f"choices of {name}: {len(per_group)} entries for {num_groups} time groups")
+        for alpha, kind in per_group:
+            if kind not in ("none", "smooth", "rotate", "both"):
+                raise ValueError(f"choices of {name}: unknown kind {kind!r} (none, smooth, rotate, both)")
+            if (alpha is not None) != (kind in ("smooth", "both")) or (alpha is not None and not 0 <= alpha <= 1):
+                raise ValueError(f"choices of {name}: {kind!r} with alpha {alpha!r}; smoothing kinds take an "
+                                 "alpha in [0, 1], the others None")
+            if kind in ("rotate", "both") and recipe.rotation == "none":
+                raise ValueError(f"choices of {name}: {kind!r} but {config.method} applies no rotation")
