@@ -508,7 +508,8 @@ GUIDES = {
         "Simulated quantization is slower than FP (it adds work); only the real integer path can be faster, "
         "and the table says where its time goes. CPUs differ: the report of this machine's class opens "
         "first (with VNNI, int8 and bf16 are fast; on AVX2 only, bf16 and torch's int8 GEMM are slower "
-        "than fp32, so trdq runs fbgemm or exact fp32 GEMMs there)."
+        "than fp32, so trdq runs fbgemm or exact fp32 GEMMs there). Under the table, one line per "
+        "backend says whether it is faster or smaller than bf16 (fp32 where bf16 was not run) and why."
     ),
 }
 
@@ -622,8 +623,9 @@ with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
         files = benchmark_files()
         bench_file = gr.Dropdown(files, value=files[0] if files else None, label="Report")
         bench_button = gr.Button("Show", variant="primary")
-        bench_md = gr.Markdown()
-        bench_plot = gr.Plot()
+        opening = benchmark(files[0]) if files else ("", None)  # the tab opens on this CPU class's report
+        bench_md = gr.Markdown(opening[0])
+        bench_plot = gr.Plot(opening[1])
 
     distribution_outputs = [layer, group, hist_plot, surface_plot, channel_plot, weight_plot, stats_table,
                             distributions_caption]

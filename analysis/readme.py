@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis import frontier
 from analysis.app_timing import table as app_timing_table
+from trdq.bench.report import verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "assets" / "results"
@@ -237,7 +238,8 @@ def bench_table(path: Path) -> str:
             rows[-1]["step with sharing (ms)"] = (
                 f"{sharing['step_ms']['median']:.1f} ({rule}{len(sharing['layers'])}/{sharing['of']} layers, "
                 f"{sharing['attn_score_skipped']:.0%} of uncond scores skipped)")
-    return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-"))
+    lines = "\n".join(f"- {line}" for line in verdicts(report))
+    return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-")) + (f"\n\n{lines}" if lines else "")
 
 
 def layer_timing_table(path: Path) -> str:

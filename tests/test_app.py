@@ -366,6 +366,7 @@ def test_benchmark_tab_reads_the_reports():
     # the tab opens on the report of this machine's CPU class
     assert ("avx2" in files[0]) != app.cpu_info().int8_dot
     assert "| backend |" in table and len(fig.data) == 2
+    assert " faster than " in table or " slower than " in table  # one line per backend under the table
     with pytest.raises(gr.Error, match="python -m trdq bench"):
         app.benchmark("bench-missing.json")
 

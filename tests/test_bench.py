@@ -374,3 +374,34 @@ def test_sigterm_stops_the_bench_its_worker_and_its_partial_files(tmp_path):
     assert proc.returncode == 130 and "interrupted by SIGTERM" in proc.stderr.read().decode()
     assert _processes_mentioning(str(cache)) == []
     assert list(cache.iterdir()) == [] and not (tmp_path / "b.json").exists()
+
+
+def _result(backend, step, weights, execution="real integer", **extra):
+    return {"backend": backend, "status": "ok", "execution": execution, "step_ms": {"median": step},
+            "weight_bytes": {"total": weights}, "e2e_s_per_image": None, "peak_rss_mib": 1.0, **extra}
+
+
+def test_verdicts_say_faster_or_smaller_than_bf16_and_why():
+    from trdq.bench.report import _ratios, verdicts
+
+    results = [_result("bf16", 100.0, 1000, "full precision", dtype="bfloat16"),
+               _result("trdq-w8a8-real-per-group", 50.0, 2000, deployment="per-group",
+                       profile={"shares": {"attention": 0.4, "int8_gemm": 0.3, "online_transform": 0.05, "other": 0.25}}),
+               _result("quanto-w8a8", 200.0, 500),
+               {"backend": "torchao-w8a8", "status": "error", "error": "boom"}]
+    for r in results:
+        r["vs_bf16"] = _ratios(r, results[0])
+    report = {"results": results, "machine": {"native_bf16": False}, "quantization": {"groups": 4}}
+    lines = dict(line.split(": ", 1) for line in verdicts(report))
+    assert lines["trdq-w8a8-real-per-group"].startswith("2.00x faster than bf16 per step, weights 2.00x larger")
+    assert "attention (float) 40%" in lines["trdq-w8a8-real-per-group"]
+    assert "online transforms" not in lines["trdq-w8a8-real-per-group"]  # under 10%: not a reason
+    assert "(4 groups)" in lines["trdq-w8a8-real-per-group"]
+    assert lines["quanto-w8a8"].startswith("2.00x slower than bf16 per step, weights 2.00x smaller")
+    assert "did not run" in lines["torchao-w8a8"]
+    assert "without native bf16 kernels" in lines["bf16"]
+    # without bf16 in the run, fp32 is the reference
+    report["results"] = [dict(r, backend="fp32") if r["backend"] == "bf16" else r for r in results]
+    for r in report["results"]:
+        r["vs_fp32"] = r["vs_bf16"]
+    assert verdicts(report)[1].startswith("trdq-w8a8-real-per-group: 2.00x faster than fp32")

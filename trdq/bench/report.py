@@ -125,6 +125,58 @@ def summary(result: dict) -> str:
             + ("" if result.get("peak_cuda_mib") is None else f", peak CUDA {result['peak_cuda_mib']} MiB"))
 
 
+_PARTS = {"attention": "attention (float)", "float_gemm": "float GEMMs", "int8_gemm": "int8 GEMMs",
+          "online_transform": "online transforms", "other": "the rest (norms, quantization, epilogues)"}
+_WEIGHTS = {"per-group": "a weight copy per distinct time-group transform",
+            "shared": "one int8 master plus the active group's codes",
+            "jit": "one int8 master, each call building its group's codes"}
+
+
+def verdicts(report: dict, base: str | None = None) -> list[str]:
+    """One line per backend of a report: faster or slower than ``base`` per step, smaller or larger
+    in weights, and why, from its profiled step (the parts of at least 10%) and its weight layout.
+    ``base`` None: bf16, or fp32 for a report without bf16 (none where neither ran)."""
+    results = {r["backend"]: r for r in report["results"]}
+    ran = [b for b in ("bf16", "fp32") if results.get(b, {}).get("status") == "ok"]
+    base = base or (ran[0] if ran else None)
+    if base is None or results.get(base, {}).get("status") != "ok":
+        return []
+    native = report["machine"].get("native_bf16")
+    lines = []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['backend']}: did not run ({r['status']}; see the JSON).")
+            continue
+        shares = (r.get("profile") or {}).get("shares") or {}
+        names = {**_PARTS, **({"float_gemm": "fp32 GEMMs (its int8 GEMMs, as exact fp32 chunks)"}
+                              if r.get("gemm") == "fp32" else {})}
+        parts = ", ".join(f"{names[k]} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])
+                          if k in names and v >= 0.10)
+        step = f"its step: {parts}" if parts else ""
+        if r["backend"] == base:
+            cpu = "" if native is None or native or base != "bf16" else (
+                ", without native bf16 kernels on this CPU: the other backends run no bf16 GEMMs, which "
+                "is most of why they are faster here")
+            lines.append(f"{base}: the reference{cpu}" + (f"; {step}" if step else "") + ".")
+            continue
+        ratio = r[f"vs_{base}"]
+        speed = (f"{1 / ratio['step']:.2f}x faster" if ratio["step"] < 0.98 else
+                 f"{ratio['step']:.2f}x slower" if ratio["step"] > 1.02 else "as fast")
+        weights = ratio["weight_bytes"]
+        size = (f"weights {1 / weights:.2f}x smaller" if weights < 0.98 else
+                f"weights {weights:.2f}x larger" if weights > 1.02 else "weights the same size")
+        why = [step] if step else []
+        groups = report.get("quantization", {}).get("groups", 1)
+        if r.get("deployment") in _WEIGHTS and r.get("execution") == "real integer":
+            why.append(f"{_WEIGHTS[r['deployment']]}" + (f" ({groups} groups)" if r["deployment"] == "per-group" else ""))
+        if r["weight_bytes"].get("fbgemm_packed"):
+            why.append("fbgemm keeps its own packed copy of the weights")
+        if r.get("execution") == "simulated":
+            why.append("simulated: fake-quantized float weights, for accuracy studies, not speed")
+        lines.append(f"{r['backend']}: {speed} than {base} per step, {size}" + (f"; {'; '.join(why)}" if why else "") + ".")
+    return lines
+
+
 def save_report(report: dict, path: str | Path) -> Path:
     """Write ``report`` as strict JSON to ``path`` (folders created; a non-finite number becomes null)."""
     from trdq.eval.runner import finite
