@@ -86,7 +86,10 @@ def bars_table(path: Path) -> str:
         mine = at[("trdq", bits)][key]
         check(f"{bits.upper()} {key} above every baseline", f"{mine:.2f} vs best {m} {v:.2f}", mine > v)
     slowest = max(r["calib_seconds"] for r in (t8, t48, t44))
-    check("calibration under 2 minutes (2 threads)", f"{slowest:.1f} s", slowest < 120)
+    fit_only = any(r.get("calib_reused") for r in (t8, t48, t44))  # statistics recorded for an earlier model
+    check("calibration under 2 minutes (2 threads)",
+          f"{slowest:.1f} s" + (" (some fit only: an earlier model recorded their statistics)" if fit_only else ""),
+          slowest < 120)
     return _markdown(pd.DataFrame(rows))
 
 

@@ -58,3 +58,21 @@ def test_quantized_records_compare_with_fp_along_the_trajectory(tiny_pixart):
         assert r["num_groups"] == 2 and r["calib_seconds"] > 0
     assert w8["eps_sqnr_db"] > w4["eps_sqnr_db"] + 10
     assert w8["psnr_vs_fp"] > w4["psnr_vs_fp"]
+
+
+def test_models_with_the_same_time_groups_share_one_calibration(tiny_pixart, monkeypatch):
+    from trdq import api
+    from trdq.config import QuantConfig, TimeGroups
+    from trdq.eval import runner
+
+    scenes = shapes.sample_scenes(2, seed=3)
+    calls = []
+    monkeypatch.setattr(runner, "calibrate", lambda *a, **k: calls.append(1) or api.calibrate(*a, **k))
+    configs = [QuantConfig(method=m, w_bits=4, a_bits=6, time_groups=TimeGroups(2), block_size=16)
+               for m in ("viditq", "rtn", "duquant")]
+    run = dict(include_fp=False, steps=4, calibration_prompts=["a large red circle in the center"], eps_sqnr=False)
+    shared = evaluate(tiny_pixart, scenes, configs, **run)
+    assert len(calls) == 1 and [r["calib_reused"] for r in shared] == [False, True, True]
+    alone = evaluate(tiny_pixart, scenes, configs[1:2], **run)[0]  # rtn with a calibration of its own
+    assert alone["calib_reused"] is False
+    assert alone["psnr_vs_fp"] == shared[1]["psnr_vs_fp"] and alone["adherence"] == shared[1]["adherence"]

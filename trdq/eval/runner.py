@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from trdq import motion, shapes
-from trdq.api import quantize
+from trdq.api import Prepared, calibrate, convert, prepare, quantize
 from trdq.attention import ShareRule, measure_similarity, select_layers, share_attention
-from trdq.config import QuantConfig
+from trdq.config import QuantConfig, TimeGroups
 from trdq.eval.clips import score_clips
 from trdq.eval.detector import ShapesDetector, load_detector
 from trdq.eval.metrics import adherence, frechet_distance, psnr, ssim
@@ -123,8 +123,9 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         quantized records add ``psnr_vs_fp`` (per-image PSNR capped at 100 dB, averaged),
         ``ssim_vs_fp``, ``eps_sqnr_db``,
         ``eps_sqnr_db_per_step`` (unless ``eps_sqnr`` is False: they re-run both models along the
-        FP trajectory, which costs about as much as sampling twice more), ``calib_seconds`` and the
-        settings of :func:`describe`.
+        FP trajectory, which costs about as much as sampling twice more), ``calib_seconds`` (making
+        the quantized model: recording statistics, unless ``calib_reused`` says an earlier model of
+        the run recorded them, and fitting), ``calib_reused`` and the settings of :func:`describe`.
         Every model is also sampled once per sharing rule, with Attention-Sharing over the layers
         the rule picks from the FP model's cond/uncond similarity on the calibration prompts; those
         records add ``sharing`` (the rule), ``shared_layers``, ``attn_score_skipped`` (fraction of
@@ -177,9 +178,28 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
     if include_fp:
         done([{**fp_base, **score_outputs(fp_images, scenes, detector), **common, "seconds": fp_seconds},
               *shared_records("fp", model, fp_base)])
+    statistics: dict[tuple, Prepared] = {}
+
+    def quantized(config: QuantConfig) -> tuple[LoadedModel, bool]:
+        """The quantized model of ``config``, and whether its statistics came from an earlier
+        model's calibration: configs with the same time groups share one (one-group methods
+        merge its groups), which makes the models their own calibrations would."""
+        if config.cfg_split:  # each branch calibrates on its own rows
+            return quantize(model, config, calibration_prompts, steps=steps, guidance=guidance, seed=10**5), False
+        groups = config.time_groups if num_groups(config) > 1 or config.time_groups.num_groups <= steps else TimeGroups(1)
+        key = (groups, config.seed, config.include, config.exclude)
+        reused = key in statistics
+        if not reused:
+            statistics.clear()  # one at a time: a run's configs mostly share their groups
+            recorder = QuantConfig(method="trdq", time_groups=groups, seed=config.seed, include=config.include,
+                                   exclude=config.exclude)  # trdq keeps statistics per time group
+            statistics[key] = calibrate(prepare(model, recorder), calibration_prompts, steps=steps,
+                                        guidance=guidance, seed=10**5)
+        return convert(statistics[key], config), reused
+
     for config in configs:
         t0 = time.perf_counter()
-        qmodel = quantize(model, config, calibration_prompts, steps=steps, guidance=guidance, seed=10**5)
+        qmodel, reused = quantized(config)
         calib_seconds = round(time.perf_counter() - t0, 2)
         images, seconds = sample(f"{config.method} {config.bits}", qmodel)
         trajectory = {}
@@ -190,8 +210,10 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         base = {"model": model.name, "method": config.method, "bits": config.bits, "execution": EXECUTION}
         label = f"{config.method} {config.bits}"
         done([{**base, **score_outputs(images, scenes, detector), **fidelity(images, fp_images), **trajectory,
-               **describe(config), "calib_seconds": calib_seconds, **common, "seconds": seconds},
-              *shared_records(label, qmodel, {**base, **describe(config), "calib_seconds": calib_seconds})])
+               **describe(config), "calib_seconds": calib_seconds, "calib_reused": reused, **common,
+               "seconds": seconds},
+              *shared_records(label, qmodel, {**base, **describe(config), "calib_seconds": calib_seconds,
+                                              "calib_reused": reused})])
     return records
 
 
