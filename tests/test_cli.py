@@ -35,8 +35,8 @@ def test_eval_resumes_from_its_json_and_saves_each_model(tmp_path, caplog, monke
     import trdq.eval.runner as runner
 
     calls = []
-    real = runner.quantize
-    monkeypatch.setattr(runner, "quantize", lambda m, c, *a, **k: calls.append(c.bits) or real(m, c, *a, **k))
+    real = runner.convert
+    monkeypatch.setattr(runner, "convert", lambda p, c, *a, **k: calls.append(c.bits) or real(p, c, *a, **k))
     assert main([*common, "--resume", "--methods", "fp,rtn", "--bits", "w8a8,w4a4"]) == 0
     records = json.loads(out.read_text())
     assert calls == ["w4a4"]  # FP and RTN W8A8 were kept, not re-run
@@ -191,3 +191,59 @@ def test_uncond_bits_list_makes_one_split_config_each():
     configs = quant_configs(args)[1]
     assert [c.bits for c in configs] == ["w8a8", "w8a8/uncond-w4a4", "w4a8", "w4a8/uncond-w4a4"]
     assert all(c.cfg_split for c in configs)
+
+
+def test_quantize_writes_a_folder_that_generate_samples_like_the_library(tmp_path, caplog):
+    import trdq
+
+    caplog.set_level("INFO")
+    out = tmp_path / "q"
+    assert main(["quantize", "--method", "trdq", "--bits", "w4a8", "--groups", "2", "--calib-prompts", "2",
+                 "--steps", "2", "--out", str(out)]) == 0
+    assert (out / "manifest.json").is_file() and "generate from it with" in caplog.text
+    image = tmp_path / "q.png"
+    assert main(["generate", "--model", str(out), "--prompt", "a small red circle on the left", "--steps", "2",
+                 "--out", str(image)]) == 0
+    loaded = trdq.load(out, base="shapes-t2i")
+    assert loaded.quant.config.bits == "w4a8" and loaded.quant.config.time_groups.num_groups == 2
+    expected = trdq.generate(loaded, ["a small red circle on the left"], [0], steps=2)[0]
+    assert np.array_equal(np.asarray(Image.open(image)), expected)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "trdq,rtn"], "quantize writes one model"),
+    (["--method", "fp"], "quantize writes one model"),
+    (["--bits", "w4a8,w8a8"], "quantize writes one model")])
+def test_quantize_refuses_anything_but_one_model(tmp_path, caplog, argv, message):
+    assert main(["quantize", *argv, "--out", str(tmp_path / "q")]) == 2
+    assert message in caplog.text and not (tmp_path / "q").exists()
+
+
+def test_quantize_refuses_a_folder_it_did_not_write_before_calibrating(tmp_path, caplog, monkeypatch):
+    from trdq import api
+
+    monkeypatch.setattr(api, "calibrate", lambda *a, **k: pytest.fail("calibrated before checking --out"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    assert main(["quantize", "--out", str(tmp_path / "notes")]) == 2
+    assert "is not a trdq save" in caplog.text and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_a_model_outside_the_embedded_grammars_needs_calibration_captions(tmp_path, shapes_t2i, caplog):
+    shapes_t2i.pipe.save_pretrained(tmp_path / "plain")
+    assert main(["quantize", "--model", str(tmp_path / "plain"), "--out", str(tmp_path / "q")]) == 2
+    assert "--prompts-file" in caplog.text
+
+
+def test_generate_names_the_base_a_quantized_folder_needs(tmp_path, caplog):
+    out = tmp_path / "q"
+    assert main(["quantize", "--method", "rtn", "--calib-prompts", "1", "--steps", "2", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["base_model"] = "someone/pixart"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["generate", "--model", str(out), "--prompt", "a small red circle on the left",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "pass --base" in caplog.text and "someone/pixart" in caplog.text
+    assert main(["generate", "--model", "shapes-t2i", "--base", "shapes-t2i", "--prompt", "a small red circle on the left",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "--base is for a quantized folder" in caplog.text

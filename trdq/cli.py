@@ -1,4 +1,4 @@
-"""Command line: ``python -m trdq generate|eval ...``.
+"""Command line: ``python -m trdq generate|quantize|eval|bench ...``.
 
 Strings become typed values here, at the boundary; the library never sees argparse.
 """
@@ -65,10 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate one image (or clip, for a video model) from a prompt")
     _add_model_args(gen)
+    gen.add_argument("--base", default=None,
+                     help="with --model a folder written by `python -m trdq quantize`: the full-precision "
+                          "model it was made from (default: the embedded model its manifest names)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--out", type=Path, default=None,
                      help="image file (default out.png); for a video model a .gif (default out.gif) or a "
                           ".png strip of the frames")
+
+    qu = sub.add_parser("quantize", help="quantize a model (simulated) and write it to a folder that "
+                                         "generate --model takes")
+    _add_model_args(qu)
+    qu.add_argument("--method", default="trdq", help="one of " + ", ".join(METHODS))
+    qu.add_argument("--bits", default="w8a8", help="WxAy, e.g. w4a8")
+    qu.add_argument("--groups", default="4", help="time groups (trdq and viditq), or 'step' for one per step")
+    qu.add_argument("--rotation", default="duquant", help="rotation of trdq: " + ", ".join(ROTATIONS))
+    qu.add_argument("--alpha", default="search", help="trdq smoothing: 'search' or a fixed alpha in [0, 1]")
+    qu.add_argument("--block-size", type=_integer(2), default=64, help="rotation block size")
+    qu.add_argument("--prompts-file", type=Path, default=None,
+                    help="calibration captions, one per line (default: drawn from an embedded model's grammar; "
+                         "needed for other models)")
+    qu.add_argument("--calib-prompts", type=_integer(1), default=16,
+                    help="calibration prompts drawn when no --prompts-file is given")
+    qu.add_argument("--out", type=Path, required=True,
+                    help="folder to write (a new one, or an earlier trdq save, which is replaced)")
 
     ev = sub.add_parser("eval", help="score prompt adherence and shapes_fd, write JSON records")
     _add_model_args(ev)
@@ -162,12 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_any(model: str, base: str | None = None):
+    """A model by name or folder, or a quantized folder written by ``trdq.save`` on ``base`` (by
+    default the embedded model its manifest names; any other base must be named, since loading
+    it is trusting the folder)."""
+    from trdq.models.loader import EMBEDDED, load_model
+    from trdq.serialization import load, saved_base
+
+    named = saved_base(model)
+    if named is None:
+        if base is not None:
+            raise ValueError(f"--base is for a quantized folder (written by `python -m trdq quantize`); "
+                             f"{model} is not one")
+        return load_model(model)
+    if base is None and named not in EMBEDDED:
+        raise ValueError(f"{model} was quantized from {named!r}; pass --base with that model (a local folder "
+                         "or hub id) to load it")
+    return load(model, base=base or named)
+
+
 def cmd_generate(args) -> None:
-    from trdq.models.loader import load_model
     from trdq.sampling import generate, is_video
     from trdq.worlds import WORLDS
 
-    model = load_model(args.model)
+    model = load_any(args.model, args.base)
     video = is_video(model.pipe)
     out = args.out or Path("out.gif" if video else "out.png")
     suffixes = (".gif", ".png") if video else (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -257,6 +295,43 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
     return "fp" in methods, configs
 
 
+def cmd_quantize(args) -> None:
+    import time
+
+    from trdq.api import calibrate, convert, prepare
+    from trdq.eval.runner import read_captions
+    from trdq.models.loader import load_model
+    from trdq.serialization import check_destination, save
+    from trdq.worlds import WORLDS
+
+    check_destination(args.out)  # now, not after the calibration
+    model = load_model(args.model)
+    args.methods = args.method
+    include_fp, configs = quant_configs(args, args.steps or model.settings.steps)
+    if include_fp or len(configs) != 1:
+        raise ValueError(f"quantize writes one model: give one quantized --method ({', '.join(METHODS)}) and one "
+                         "value each for --bits, --groups, --rotation and --alpha")
+    config = configs[0]
+    if args.prompts_file is not None:
+        prompts = [text for _, text in read_captions(args.prompts_file)]
+    elif (caption_world := WORLDS.get(model.settings.world)) is not None:
+        prompts = [s.caption for s in caption_world.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
+    else:
+        raise ValueError(f"{args.model} has no embedded caption grammar: pass --prompts-file with calibration "
+                         "captions like those you will generate from, one per line")
+    t0 = time.perf_counter()
+    with tqdm(total=len(prompts), desc=f"calibrating on {len(prompts)} prompts", unit="prompt") as bar:
+        prepared = calibrate(prepare(model, config), prompts, steps=args.steps, guidance=args.guidance,
+                             progress=lambda done, total: bar.update(done - bar.n))
+    log.info("fitting %s %s to the statistics of %d layers", config.method, config.bits, len(prepared.layers))
+    qmodel = convert(prepared)
+    log.info("quantized %s with %s %s in %.1f s", model.name, config.method, config.bits, time.perf_counter() - t0)
+    path = save(qmodel, args.out)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    log.info("wrote %s (%.1f MiB); generate from it with: python -m trdq generate --model %s --prompt ...",
+             path, size / 2**20, path)
+
+
 def cmd_eval(args) -> None:
     from trdq.attention import ShareRule
     from trdq.eval.runner import (
@@ -343,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with terminate_as_interrupt():  # workers are stopped and partial files removed on the way out
-            {"generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
+            {"generate": cmd_generate, "quantize": cmd_quantize, "eval": cmd_eval,
+             "bench": cmd_bench}[args.command](args)
     except (ValueError, FileNotFoundError, OSError) as err:
         log.error("%s", err)
         return 2

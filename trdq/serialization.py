@@ -71,9 +71,7 @@ def save(qmodel: Model, path: str | Path) -> Path:
                          "from the FP model, or save a model quantized without cfg_split")
     if info.base_fingerprint is None:
         raise ValueError("this quantized model lacks its base model's fingerprint; quantize it again to save it")
-    path = Path(path)
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST).exists())):
-        raise ValueError(f"{path} exists and is not a trdq save; choose a new or empty folder")
+    path = check_destination(path)
     transformer = transformer_of(qmodel)
     tensors: dict[str, torch.Tensor] = {}
     layers = {}
@@ -105,6 +103,27 @@ def save(qmodel: Model, path: str | Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def check_destination(path: str | Path) -> Path:
+    """``path`` as a :func:`save` destination: a new or empty folder, or an earlier trdq save.
+
+    Raises:
+        ValueError: for a file, or a folder holding something else.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST).exists())):
+        raise ValueError(f"{path} exists and is not a trdq save; choose a new or empty folder")
+    return path
+
+
+def saved_base(path: str | Path) -> str | None:
+    """The base model a folder written by :func:`save` names, or None for anything else (a model
+    name, a diffusers folder); a malformed save raises :class:`SavedModelError`."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        return None
+    return _read_manifest(path)["base_model"]
 
 
 def _replace_folder(new: Path, path: Path) -> None:

@@ -29,15 +29,13 @@ from trdq.worlds import world
 MAX_PROMPTS_FILE_BYTES = 1 << 20
 
 
-def read_prompts_file(path: str | Path, caption_world=shapes, minimum: int = 2) -> list:
-    """Scenes of ``caption_world`` (a :mod:`trdq.worlds` module) from a UTF-8 text file with one
-    caption per line (a byte-order mark and CRLF line ends are fine; blank lines and ``#``
-    comments are skipped).
+def read_captions(path: str | Path, minimum: int = 1) -> list[tuple[int, str]]:
+    """(line number, caption) of a UTF-8 text file with one caption per line (a byte-order mark
+    and CRLF line ends are fine; blank lines and ``#`` comments are skipped).
 
     Raises:
-        ValueError: for a file over :data:`MAX_PROMPTS_FILE_BYTES`, one that is not UTF-8 text,
-            fewer than ``minimum`` captions (``shapes_fd`` compares two sets), or a caption
-            outside the grammar (naming it, its line number and the grammar).
+        ValueError: for a file over :data:`MAX_PROMPTS_FILE_BYTES`, one that is not UTF-8 text, or
+            fewer than ``minimum`` captions.
     """
     path = Path(path)
     if (size := path.stat().st_size) > MAX_PROMPTS_FILE_BYTES:
@@ -51,11 +49,24 @@ def read_prompts_file(path: str | Path, caption_world=shapes, minimum: int = 2) 
     if text is None or "\0" in text:
         where = where if text is None else f"a NUL at character {text.index(chr(0))}"
         raise ValueError(f"{path} is not UTF-8 text ({where}); write one caption per line in a text editor")
+    captions = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not line.strip().startswith("#")]
+    if len(captions) < minimum:
+        raise ValueError(f"{path} holds {len(captions)} caption(s); at least {minimum} needed (one per line)")
+    return captions
+
+
+def read_prompts_file(path: str | Path, caption_world=shapes, minimum: int = 2) -> list:
+    """Scenes of ``caption_world`` (a :mod:`trdq.worlds` module) from a file of captions
+    (:func:`read_captions`).
+
+    Raises:
+        ValueError: as :func:`read_captions` (evaluation needs at least ``minimum``: ``shapes_fd``
+            compares two sets), or for a caption outside the grammar (naming it, its line number
+            and the grammar).
+    """
     scenes = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
+    for number, text in read_captions(path, minimum):
         try:
             scenes.append(caption_world.parse_caption(text))
         except ValueError:
@@ -63,9 +74,6 @@ def read_prompts_file(path: str | Path, caption_world=shapes, minimum: int = 2) 
                 f"{path}, line {number}: {text!r} is not a caption of the model's world. "
                 f"Expected: {caption_world.GRAMMAR}."
             ) from None
-    if len(scenes) < minimum:
-        raise ValueError(f"{path} holds {len(scenes)} caption(s); evaluation needs at least {minimum} "
-                         "(one per line)")
     return scenes
 
 
