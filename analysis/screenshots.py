@@ -3,18 +3,28 @@ by Playwright; nothing is downloaded).
 
     python -m analysis screenshots --out assets/screenshots
 
-The app is served from this process on a free local port; each tab is opened and captured with the
-precomputed case it opens on (``python -m analysis examples``), the Benchmark tab after Show.
+The app (``python app.py``) is served by a child process on a free local port, so nothing here
+imports it; each tab is opened and captured with the precomputed case it opens on
+(``python -m analysis examples``), the Benchmark tab after Show.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags chromium keeps trying to reach Google on a closed network.
@@ -24,15 +34,42 @@ RESULT_TIMEOUT_MS = 240_000  # a first comparison calibrates; slow machines need
 
 
 @contextlib.contextmanager
-def served_app() -> Iterator[str]:
-    """The Gradio app served on a free local port; yields its address."""
-    import app
+def served_app(timeout_s: float = 300.0) -> Iterator[str]:
+    """``python app.py`` served by a child process on a free local port; yields its address once
+    the page answers.
 
-    _, url, _ = app.demo.launch(prevent_thread_lock=True, quiet=True)
-    try:
-        yield url
-    finally:
-        app.demo.close()
+    Raises:
+        RuntimeError: if the app exits or does not answer within ``timeout_s`` (with its log's end).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    with tempfile.TemporaryFile() as logfile:
+        child = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    logfile.seek(0)
+                    tail = logfile.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"the app {'exited' if child.returncode is not None else 'did not answer'} "
+                                       f"at {url}:\n{tail}")
+                try:
+                    with urllib.request.urlopen(url, timeout=5):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            yield url
+        finally:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 @contextlib.contextmanager

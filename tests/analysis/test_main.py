@@ -13,3 +13,14 @@ def test_similarity_command_exports_every_layer_step_and_head(tmp_path, monkeypa
     data = json.loads(out.read_text())
     assert len(data["layers"]) == 2 and len(data["timesteps"]) == 2
     assert len(data["records"]) == 2 * 2 * 2  # layers x steps x heads
+
+
+def test_no_analysis_module_imports_the_app():
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, analysis\n"
+            "for m in pkgutil.iter_modules(analysis.__path__): importlib.import_module('analysis.' + m.name)\n"
+            "print('app' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
