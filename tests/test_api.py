@@ -131,7 +131,11 @@ def test_choices_that_do_not_fit_are_refused(tiny_pixart, edit, message):
         convert(prepared, choices=choices)
 
 
-def test_rotation_choices_are_refused_for_a_method_without_rotation(tiny_pixart):
+@pytest.mark.parametrize("method, choice, message", [
+    ("viditq", (None, "rotate"), "applies no rotation"), ("quarot", (0.5, "both"), "applies no smoothing")])
+def test_choices_a_method_cannot_make_are_refused(tiny_pixart, method, choice, message):
     prepared = calibrate(prepare(tiny_pixart, QuantConfig(method="viditq", time_groups=TimeGroups(2))), PROMPTS, steps=4)
-    with pytest.raises(ValueError, match="applies no rotation"):
-        convert(prepared, choices={name: [(None, "rotate")] * 2 for name in prepared.layers})
+    config = QuantConfig(method=method, time_groups=TimeGroups(2))
+    groups = 2 if method == "viditq" else 1
+    with pytest.raises(ValueError, match=message):
+        convert(prepared, config, choices={name: [choice] * groups for name in prepared.layers})

@@ -181,3 +181,5 @@ def check_choices(choices: dict[str, list], layers: list[str], num_groups: int, 
                                  "alpha in [0, 1], the others None")
             if kind in ("rotate", "both") and recipe.rotation == "none":
                 raise ValueError(f"choices of {name}: {kind!r} but {config.method} applies no rotation")
+            if kind in ("smooth", "both") and recipe.smoothing == "none":
+                raise ValueError(f"choices of {name}: {kind!r} but {config.method} applies no smoothing")
