@@ -139,3 +139,67 @@ def test_choices_a_method_cannot_make_are_refused(tiny_pixart, method, choice, m
     groups = 2 if method == "viditq" else 1
     with pytest.raises(ValueError, match=message):
         convert(prepared, config, choices={name: [choice] * groups for name in prepared.layers})
+
+
+def test_calibrating_records_while_the_caller_runs_the_pipeline(tiny_pixart):
+    import trdq
+
+    config = QuantConfig(method="trdq", w_bits=4, a_bits=4, time_groups=TimeGroups(2), block_size=16)
+    scheduler = tiny_pixart.pipe.scheduler
+    with trdq.calibrating(tiny_pixart, config) as cal:
+        generate(tiny_pixart, PROMPTS, [0, 1], steps=4)  # the caller's own sampling run
+    assert "set_timesteps" not in vars(scheduler)  # the pipeline is as it was
+    q = cal.convert()
+    own = quantize(tiny_pixart, config, PROMPTS, steps=4)
+    assert q.quant.index == own.quant.index and q.quant.index.num_groups == 2
+    state = q.pipe.transformer.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in own.pipe.transformer.state_dict().items())
+    assert cal.convert(QuantConfig(method="rtn", w_bits=8, a_bits=8)).quant.index.num_groups == 1
+
+
+def test_calibrating_cuts_groups_from_the_schedule_it_sees(tiny_pixart):
+    import trdq
+
+    config = QuantConfig(method="viditq", time_groups=TimeGroups(3))
+    with trdq.calibrating(tiny_pixart, config) as cal:
+        generate(tiny_pixart, PROMPTS[:1], [0], steps=6)
+    assert cal.convert().quant.index.num_groups == 3
+    with pytest.raises(ValueError, match="one schedule"):
+        with trdq.calibrating(tiny_pixart, config):
+            generate(tiny_pixart, PROMPTS[:1], [0], steps=6)
+            generate(tiny_pixart, PROMPTS[:1], [0], steps=8)
+    with pytest.raises(ValueError, match="at most 2 groups"):
+        with trdq.calibrating(tiny_pixart, config):
+            generate(tiny_pixart, PROMPTS[:1], [0], steps=2)
+
+
+def test_calibrating_without_a_call_or_a_schedule_is_a_clear_error(tiny_pixart):
+    import trdq
+
+    config = QuantConfig(method="trdq", time_groups=TimeGroups(2))
+    with pytest.raises(ValueError, match="saw no call"):
+        with trdq.calibrating(tiny_pixart, config):
+            pass
+    transformer = tiny_pixart.pipe.transformer
+    with pytest.raises(ValueError, match="before any schedule"):
+        with trdq.calibrating(transformer, config) as cal:
+            transformer(torch.randn(1, 4, 8, 8), encoder_hidden_states=torch.randn(1, 16, 64),
+                        timestep=torch.tensor([500]))
+    with pytest.raises(RuntimeError, match="after the with block"):
+        cal.convert()
+
+
+def test_calibrating_takes_a_plain_diffusers_pipeline_call(tiny_pixart):
+    import trdq
+
+    pipe = tiny_pixart.pipe
+    run = dict(num_inference_steps=5, output_type="np", max_sequence_length=16, use_resolution_binning=False,
+               clean_caption=False)
+    config = QuantConfig(method="trdq", time_groups=TimeGroups(2), block_size=16)
+    with trdq.calibrating(pipe, config) as cal:
+        pipe(PROMPTS, guidance_scale=4.5, **run)
+    qpipe = cal.convert()
+    assert type(qpipe) is type(pipe) and qpipe.transformer.trdq_info.index.num_groups == 2
+    assert any(isinstance(m, QuantLinear) for m in qpipe.transformer.modules())
+    assert not any(isinstance(m, QuantLinear) for m in pipe.transformer.modules())
+    assert qpipe(PROMPTS[:1], **run).images.shape == pipe(PROMPTS[:1], **run).images.shape

@@ -18,7 +18,7 @@ import logging
 for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-from trdq.api import calibrate, convert, prepare, quantize, realize  # noqa: E402
+from trdq.api import calibrate, calibrating, convert, prepare, quantize, realize  # noqa: E402
 from trdq.config import QuantConfig, TimeGroups  # noqa: E402
 from trdq.models.adapters import UnsupportedArchitectureError  # noqa: E402
 from trdq.models.loader import LoadedModel, ModelSettings, load_model  # noqa: E402
@@ -26,6 +26,6 @@ from trdq.sampling import generate  # noqa: E402
 from trdq.serialization import load, save  # noqa: E402
 
 __all__ = [
-    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "convert", "generate",
+    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "calibrating", "convert", "generate",
     "load", "load_model", "prepare", "quantize", "realize", "save",
 ]

@@ -166,6 +166,99 @@ def calibrate(prepared: Prepared, data: Sequence, steps: int | None = None, guid
     return prepared
 
 
+class Calibrating:
+    """What :func:`calibrating` yields: the statistics being recorded, then :meth:`convert`."""
+
+    def __init__(self, prepared: Prepared, groups: TimeGroups, timesteps: Sequence[float] | None):
+        self.prepared, self._groups = prepared, groups
+        self._state = GroupState(GroupIndex())
+        self._schedule: list[float] | None = None
+        self._calls = 0
+        self._undo: list[Callable[[], None]] = []
+        if timesteps is not None:
+            self._cut(timesteps)
+
+    def _cut(self, timesteps) -> None:
+        """Cut the time groups from a sampler's timesteps (first step first); every run must
+        follow one schedule."""
+        schedule = [float(t) for t in timesteps]
+        if self._schedule is not None and schedule != self._schedule:
+            raise ValueError(f"calibration saw a schedule of {len(schedule)} steps after one of "
+                             f"{len(self._schedule)}: time groups need one schedule, so calibrate with "
+                             "the steps you will sample with in every call")
+        self._state.index = GroupIndex.from_schedule(self._groups, schedule)
+        self._schedule = schedule
+
+    def __enter__(self) -> Calibrating:
+        prepared = self.prepared
+        calibration = Calibration(prepared.layers, self._state, self._groups.num_groups, seed=prepared.config.seed,
+                                  branch=prepared.branch)
+        scheduler = getattr(prepared.model.pipe, "scheduler", None) if prepared.model is not None else None
+        if scheduler is not None:  # the pipeline sets its schedule before its first denoising step
+            original, own = scheduler.set_timesteps, "set_timesteps" in vars(scheduler)
+
+            def set_timesteps(*args, **kwargs):
+                original(*args, **kwargs)
+                self._cut(scheduler.timesteps.tolist())
+
+            scheduler.set_timesteps = set_timesteps
+            self._undo.append(lambda: setattr(scheduler, "set_timesteps", original) if own
+                              else delattr(scheduler, "set_timesteps"))
+
+        def before_call(_module, _args):
+            if self._groups.num_groups > 1 and self._schedule is None:
+                raise ValueError("the transformer ran before any schedule was known: calibrating() cuts time "
+                                 "groups from the pipeline's scheduler.set_timesteps; call the pipeline, or "
+                                 "pass timesteps=[...] (the sampler's, first step first)")
+            self._calls += 1
+
+        hooks = [prepared.transformer.register_forward_pre_hook(before_call),
+                 track_timestep(prepared.transformer, self._state, prepared.adapter.timestep_position)]
+        self._undo += [h.remove for h in hooks]
+        calibration.__enter__()
+        self._undo.append(lambda: calibration.__exit__(None, None, None))
+        self._calibration = calibration
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self._undo:
+            self._undo.pop()()
+        if exc[0] is not None:
+            return
+        if self._calls == 0:
+            raise ValueError("calibrating() saw no call of the model: run your pipeline (or transformer) on "
+                             "calibration prompts inside the with block")
+        self._calibration.check_complete()
+        self.prepared.calibration, self.prepared.index = self._calibration, self._state.index
+
+    def convert(self, config: QuantConfig | None = None, choices: dict[str, list[Choice]] | None = None) -> Model:
+        """The quantized model: :func:`convert` of these statistics."""
+        if self.prepared.calibration is None:
+            raise RuntimeError("call convert() after the with block of calibrating(), once the statistics are complete")
+        return convert(self.prepared, config, choices)
+
+
+def calibrating(model: Model, config: QuantConfig, timesteps: Sequence[float] | None = None) -> Calibrating:
+    """Record calibration statistics while your own code runs the model::
+
+        with trdq.calibrating(pipe, config) as cal:
+            pipe(prompts, num_inference_steps=20, guidance_scale=4.5)
+        qpipe = cal.convert()                     # or cal.convert(other_config)
+
+    Any scheduler, steps, guidance or resolution: the time groups are cut from the timesteps the
+    pipeline sets (``scheduler.set_timesteps``), and every call inside the block must use that
+    schedule. For a bare transformer (or a loop of your own) with more than one group, pass the
+    sampler's ``timesteps``, first step first. The model is unchanged after the block.
+
+    Raises (at the end of the block):
+        ValueError: if the model was not called, a time group saw no step (fewer steps than
+            groups), or the transformer ran before its schedule was known.
+    """
+    prepared = prepare(model, config)
+    groups = config.time_groups if num_groups(config) > 1 else TimeGroups(1)
+    return Calibrating(prepared, groups, timesteps)
+
+
 def _run_inputs(transformer: nn.Module, data: Sequence[dict], progress: Callable[[int, int], None] | None) -> None:
     with torch.no_grad():
         for i, kwargs in enumerate(data):
