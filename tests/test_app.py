@@ -70,6 +70,7 @@ def tiny_image_model(monkeypatch, tiny_pixart):
 # ---------------------------------------------------------------- the grid
 
 
+@pytest.mark.slow
 def test_compare_grid_shows_fp_and_a_slot_with_error_map_reading_and_facts():
     cols = _columns(_compare())
     fp_title, fp_image, fp_facts = cols["fp"]
@@ -134,6 +135,7 @@ def test_all_slots_off_shows_full_precision_alone():
     ({"model": "sdxl"}, "Unknown model"),
     ({"share": "many"}, "cosine threshold"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_a_ui_error_that_says_what_to_change(kw, match):
     with pytest.raises(gr.Error, match=match):
         _compare(**kw)
@@ -162,6 +164,7 @@ def test_attention_sharing_is_reported_with_the_compute_it_skips():
     assert "sharing 1 layers" in facts and "of uncond scores" in facts
 
 
+@pytest.mark.slow
 def test_cfg_split_runs_with_coarser_uncond_bits():
     title, q_image, _, _ = _columns(_compare(slots=[("trdq", "w8a8")], groups=2, cfg_split=True,
                                              uncond_bits="w4a4"))["slots"][0]
@@ -316,6 +319,7 @@ def test_demo_is_a_blocks_app_with_its_tabs_each_opening_with_a_guide():
     assert {"w8a8", "w6a6", "w4a8", "w4a4", "w3a4", "w4a3", "w3a3", "w2a4", "w2a8"} <= set(app.BITS)
 
 
+@pytest.mark.slow
 def test_quantize_sets_alpha_per_group_and_says_when_it_reuses_a_calibration():
     args = _quantize_config(method="viditq", groups=2, search_alpha=False)
     alphas = [0.3, 0.7] + [0.5] * (app.MAX_GROUPS - 2)
@@ -324,6 +328,7 @@ def test_quantize_sets_alpha_per_group_and_says_when_it_reuses_a_calibration():
     assert "Taken from the cache" in app.quantize(IMAGE, *args, *alphas)
 
 
+@pytest.mark.slow
 def test_distributions_and_trajectory_draw_their_figures():
     args = _quantize_config(method="trdq", groups=2, rotation="duquant", block_size=32)
     layer, group = app.layer_choices(IMAGE, *args, *ALPHAS)
@@ -381,6 +386,7 @@ def test_a_clip_becomes_an_animated_gif():
     assert (app.media(clip[0])[::4, ::4] == clip[0]).all()
 
 
+@pytest.mark.slow
 def test_gradio_client_round_trip():
     from gradio_client import Client
 

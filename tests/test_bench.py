@@ -34,6 +34,7 @@ def report(cache):
     return bench.run(_spec(), backends, isolate=False, cache=cache)
 
 
+@pytest.mark.slow
 def test_report_says_what_ran_and_where(report):
     json.dumps(report)  # the CLI writes it as is
     for key in ("cpu", "logical_cores", "threads", "torch", "date"):
@@ -107,6 +108,7 @@ def test_worker_jobs_fit_then_measure_through_json(tmp_path):
     assert record["mem_limit_mib"] is None
 
 
+@pytest.mark.slow
 def test_fp16_is_a_full_precision_backend_and_a_real_dtype_on_cpu_too(cache):
     assert bench.parse_backends(["fp16"]) == [bench.Backend("fp16", "float16")]
     spec = _spec(real_dtype="float16")
@@ -182,6 +184,7 @@ def test_weight_bytes_count_each_storage_once():
     assert bench.weight_bytes(shared) == {"float32": (12 + 3) * 4, "total": 60}
 
 
+@pytest.mark.slow
 def test_pipelines_report_end_to_end_latency():
     spec = bench.BenchSpec(model="shapes-t2i", warmup=1, repeats=1, e2e_repeats=1, threads=1)
     out = bench.run(spec, bench.parse_backends(["fp32"]), isolate=False)
@@ -210,6 +213,7 @@ def test_backend_names_and_options_are_checked():
         bench.BenchSpec(model="shapes-t2i", overrides={"num_layers": 2})
 
 
+@pytest.mark.slow
 def test_cli_runs_each_backend_in_its_own_worker_and_records_failures(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)  # where the temporary fit cache goes (runs/bench-cache/)
     out = tmp_path / "bench.json"
@@ -230,6 +234,7 @@ def test_cli_runs_each_backend_in_its_own_worker_and_records_failures(tmp_path, 
     assert "bf17" in caplog.text and not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_real_integer_weights_are_one_int8_or_packed_int4_copy():
     """With one time group and no rotation, a real layer holds one int8 (w8) or packed int4 (w4)
     copy of its weight, 0.5 or 0.25 of bf16's bytes, plus O(C_in + C_out) vectors (scales, bias,
@@ -280,6 +285,7 @@ def test_every_backend_splits_a_profiled_step_into_attention_gemms_and_transform
     assert real["online_transforms"]["transform_ms"] == real["profile"]["online_transform_ms"]
 
 
+@pytest.mark.slow
 def test_compiled_real_backends_run_and_say_so(cache):
     out = bench.run(_spec(compile=True), bench.parse_backends(["trdq-w8a8-real"]), isolate=False, cache=cache)
     (real,) = out["results"]
@@ -288,6 +294,7 @@ def test_compiled_real_backends_run_and_say_so(cache):
     assert 0 < online["transform_ms"] < online["profiled_step_ms"]
 
 
+@pytest.mark.slow
 def test_attention_sharing_is_timed_beside_the_plain_step():
     spec = _spec(share_attention=1)
     out = bench.run(spec, bench.parse_backends(["fp32", "trdq-w8a8-real"]), isolate=False)
@@ -302,6 +309,7 @@ def test_attention_sharing_is_timed_beside_the_plain_step():
     assert _spec(share_attention=0).share_attention is None
 
 
+@pytest.mark.slow
 def test_a_pipeline_chooses_shared_layers_from_its_prompts():
     spec = bench.BenchSpec(model="shapes-t2i", warmup=1, repeats=1, e2e_repeats=1, threads=1, share_attention=2)
     (r,) = bench.run(spec, bench.parse_backends(["fp32"]), isolate=False)["results"]
@@ -351,6 +359,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_bench_its_worker_and_its_partial_files(tmp_path):
     import os
     import signal

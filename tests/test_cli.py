@@ -25,6 +25,7 @@ def test_eval_writes_records(tmp_path):
     assert record["num_prompts"] == 4 and 0 <= record["adherence"] <= 1
 
 
+@pytest.mark.slow
 def test_eval_resumes_from_its_json_and_saves_each_model(tmp_path, caplog, monkeypatch):
     out = tmp_path / "eval.json"
     common = ["eval", "--num-prompts", "2", "--steps", "2", "--no-eps-sqnr", "--json", str(out)]
@@ -172,6 +173,7 @@ def test_eval_with_attention_sharing_adds_one_record_per_rule(tmp_path, caplog):
     assert "cosine threshold" in caplog.text and not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_eval_with_a_cfg_split_labels_the_uncond_bits(tmp_path, caplog):
     out = tmp_path / "eval.json"
     assert main(["eval", "--num-prompts", "2", "--steps", "2", "--methods", "trdq", "--bits", "w4a8",
@@ -193,6 +195,7 @@ def test_uncond_bits_list_makes_one_split_config_each():
     assert all(c.cfg_split for c in configs)
 
 
+@pytest.mark.slow
 def test_quantize_writes_a_folder_that_generate_samples_like_the_library(tmp_path, caplog):
     import trdq
 
@@ -235,6 +238,7 @@ def test_a_model_outside_the_embedded_grammars_needs_calibration_captions(tmp_pa
     assert "--prompts-file" in caplog.text
 
 
+@pytest.mark.slow
 def test_generate_names_the_base_a_quantized_folder_needs(tmp_path, caplog):
     out = tmp_path / "q"
     assert main(["quantize", "--method", "rtn", "--calib-prompts", "1", "--steps", "2", "--out", str(out)]) == 0

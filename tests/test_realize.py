@@ -118,6 +118,7 @@ def test_bf16_outside_the_integer_layers_keeps_the_pipeline_in_float32(tiny_pixa
     assert 45 < np.minimum(psnr(images_bf16, images_sim), 100).mean() < 70
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deployment", ["per-group", "shared"])
 def test_compiled_integer_layers_give_the_eager_outputs(tiny_pixart_72, deployment):
     config = trdq.QuantConfig(w_bits=4, a_bits=8, time_groups=trdq.TimeGroups(2), block_size=32)

@@ -4,6 +4,7 @@ import torch
 from trdq import rotation as R
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 4, 12, 20, 28, 36, 64, 72, 96, 192, 1152, 5120])
 def test_hadamard_is_orthonormal_with_equal_magnitudes(n):
     h = R.hadamard(n)

@@ -106,6 +106,7 @@ def test_clear_errors(tiny_pixart, quantized):
         collect_layer(tiny_pixart, quantized, LAYER, PROMPTS, steps=1)
 
 
+@pytest.mark.slow
 def test_cfg_split_layers_see_their_own_branch(tiny_pixart, collected):
     q = trdq.quantize(tiny_pixart, dataclasses.replace(CONFIG, cfg_split=True), PROMPTS, steps=2)
     names = quantized_layers(q)
@@ -115,6 +116,7 @@ def test_cfg_split_layers_see_their_own_branch(tiny_pixart, collected):
     torch.testing.assert_close(cond.weight, collected[LAYER].weight)
 
 
+@pytest.mark.slow
 def test_video_model_temporal_layer(tiny_latte):
     calibration, analysis = [[s.caption] for s in motion.sample_scenes(2)]
     q = trdq.quantize(tiny_latte, CONFIG, calibration, steps=2)

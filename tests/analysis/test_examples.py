@@ -15,6 +15,7 @@ def _config(method="trdq"):
     return trdq.QuantConfig(method=method, w_bits=4, a_bits=4, time_groups=trdq.TimeGroups(2), block_size=16)
 
 
+@pytest.mark.slow
 def test_shipped_choices_are_used_only_for_their_weights_calibration_and_config(tiny_pixart, tmp_path):
     q = trdq.quantize(tiny_pixart, _config(), PROMPTS, steps=4)
     (tmp_path / "tiny").mkdir()

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 
 def test_similarity_command_exports_every_layer_step_and_head(tmp_path, monkeypatch, tiny_pixart):
     import trdq.models.loader as loader
@@ -15,6 +17,7 @@ def test_similarity_command_exports_every_layer_step_and_head(tmp_path, monkeypa
     assert len(data["records"]) == 2 * 2 * 2  # layers x steps x heads
 
 
+@pytest.mark.slow
 def test_no_analysis_module_imports_the_app():
     import subprocess
     import sys

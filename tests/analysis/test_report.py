@@ -42,6 +42,7 @@ def test_select_layers_by_pattern():
         select_layers(names, ["*attn2*"])
 
 
+@pytest.mark.slow
 def test_layer_table_has_a_row_per_layer_and_group(layers):
     table = layer_table(layers)
     assert len(table) == 2 * len(layers) == 8
@@ -97,6 +98,7 @@ def test_report_is_one_self_contained_html_file(layers, tmp_path):
         write_report(tmp_path / "x.html", "m", CONFIG, layers, group=2)
 
 
+@pytest.mark.slow
 def test_report_command_end_to_end(tiny_pixart, tmp_path, monkeypatch):
     monkeypatch.setattr("trdq.models.loader.load_model", lambda name: tiny_pixart)
     out = tmp_path / "report.html"

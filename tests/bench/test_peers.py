@@ -56,6 +56,7 @@ def test_peer_names_parse_and_wrong_ones_say_what_is_accepted(capsys, monkeypatc
     assert all(name in usage for name in ("bf16-compiled", *PEERS))
 
 
+@pytest.mark.slow
 def test_peers_run_in_the_bench_and_name_their_library(report):
     assert report["fitting"]["fits"] == []  # nothing for trdq to fit
     fp = bench.build(_spec(), bench.Backend("fp32"))
@@ -95,6 +96,7 @@ def test_library_peers_are_close_to_full_precision(name):
     assert _relative_error(_spec(), bench.parse_backends([name])[0]) < 0.03
 
 
+@pytest.mark.slow
 def test_a_peer_whose_compilation_fails_runs_eagerly_and_says_so(monkeypatch):
     def fail(self, *args, **kwargs):
         raise RuntimeError("no compiler here\nsecond line")
@@ -124,6 +126,7 @@ def test_compiled_backends_compile_the_whole_model():
     assert _relative_error(spec, compiled) < 0.03
 
 
+@pytest.mark.slow
 def test_quanto_calibrates_a_pipeline_on_prompts(monkeypatch):
     """Through the whole pipeline, as trdq's fit calibrates; one prompt, as quanto's calibration
     mode slows every op of the pipeline down (8 prompts: 100 s here)."""

@@ -47,6 +47,7 @@ def _assert_default_grid(page) -> None:
         assert _drawn_images(column) == 2  # the output and its error map
 
 
+@pytest.mark.slow
 def test_the_page_opens_on_the_precomputed_default_grid_within_two_seconds():
     times = []
     with served_app() as url:
@@ -62,6 +63,7 @@ def test_the_page_opens_on_the_precomputed_default_grid_within_two_seconds():
     assert min(times) < SHOWN_WITHIN_MS, f"grid on screen {times} ms after the page's load event"
 
 
+@pytest.mark.slow
 def test_a_comparison_run_from_the_page_fills_the_grid_with_latency():
     with served_app() as url, browser_page() as page:
         page.goto(url)

@@ -29,6 +29,7 @@ def test_prompts_file_encoding_line_ends_and_size(tmp_path, monkeypatch):
         read_prompts_file(path)
 
 
+@pytest.mark.slow
 def test_shipped_model_follows_prompts(shapes_t2i):
     """A regression bar on the shipped weights: most of 48 prompts fully right at 20 steps."""
     (record,) = evaluate(shapes_t2i, shapes.sample_scenes(48, seed=11), seed=100)
@@ -44,6 +45,7 @@ def test_write_json_replaces_whole_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+@pytest.mark.slow
 def test_quantized_records_compare_with_fp_along_the_trajectory(tiny_pixart):
     from trdq.config import QuantConfig, TimeGroups
 

@@ -74,6 +74,7 @@ def _run(transformer, inputs):
         return transformer(**inputs).sample
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [64, 72])
 @pytest.mark.parametrize("family", sorted(BUILDERS))
 def test_each_family_quantizes_close_to_fp(family, width):

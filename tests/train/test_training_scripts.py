@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+import pytest
 import torch
 
 from trdq.eval.detector import load_detector
@@ -10,6 +11,7 @@ from trdq.models.loader import load_model
 from trdq.train import detector, t2i, vae
 
 
+@pytest.mark.slow
 def test_vae_then_t2i_make_a_pipeline_that_loads_and_resumes(tmp_path: Path):
     vae.train(tmp_path / "vae", steps=2, batch_size=2, lr=1e-3, kl_weight=1e-5, seed=0, save_every=1)
     args = argparse.Namespace(
@@ -26,12 +28,14 @@ def test_vae_then_t2i_make_a_pipeline_that_loads_and_resumes(tmp_path: Path):
     assert torch.load(tmp_path / "fresh" / "state.pt", weights_only=True)["step"] == 4
 
 
+@pytest.mark.slow
 def test_detector_training_saves_a_loadable_model(tmp_path: Path):
     acc = detector.train(tmp_path / "det", steps=2, batch_size=4, lr=1e-3, seed=0)
     assert set(acc) == {"size", "color", "shape", "position", "all"}
     load_detector(tmp_path / "det")
 
 
+@pytest.mark.slow
 def test_t2v_starts_from_the_image_model_and_resumes(tmp_path: Path):
     from diffusers import PixArtAlphaPipeline
 
@@ -65,6 +69,7 @@ def test_t2v_starts_from_the_image_model_and_resumes(tmp_path: Path):
     assert torch.load(tmp_path / "t2v" / "state.pt", weights_only=True)["step"] == 3
 
 
+@pytest.mark.slow
 def test_t2v_clip_pool_is_the_same_rendered_in_worker_processes():
     from diffusers import AutoencoderKL
 
