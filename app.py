@@ -39,6 +39,7 @@ import trdq
 from analysis import compare as grid
 from analysis import examples as shipped
 from analysis.compare import CALIBRATION, DEFAULT_SLOTS
+from trdq.api import calibrate_groups
 from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, parse_bits
 from trdq.cpu import cpu_info
 from trdq.models.cache import ModelCache
@@ -91,8 +92,7 @@ def calibration(name: str, groups: trdq.TimeGroups, seed: int):
     """The FP model's layer statistics on the calibration prompts, per time group, recorded once
     per model and groups: every method and bit width is fitted from them (one-group methods merge
     the groups), so a new slot or bit width costs a fit, not another calibration run."""
-    config = trdq.QuantConfig(method="trdq", time_groups=groups, seed=seed)  # trdq keeps per-group statistics
-    return trdq.calibrate(trdq.prepare(fp_model(name), config), calibration_prompts(name))
+    return calibrate_groups(fp_model(name), groups, calibration_prompts(name), config_seed=seed)
 
 
 def quantized_model(name: str, config: trdq.QuantConfig) -> trdq.LoadedModel:

@@ -166,6 +166,17 @@ def calibrate(prepared: Prepared, data: Sequence, steps: int | None = None, guid
     return prepared
 
 
+def calibrate_groups(model: Model, time_groups: TimeGroups, data: Sequence, config_seed: int = 0,
+                     include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                     **calibrate_kwargs) -> Prepared:
+    """Statistics that serve every method: recorded per time group of ``time_groups`` (as TR-DQ
+    keeps them), for :func:`convert` with any config of those groups and layers whose ``seed`` is
+    ``config_seed`` (one-group methods merge the groups). ``calibrate_kwargs`` go to :func:`calibrate`."""
+    config = QuantConfig(method="trdq", time_groups=time_groups, seed=config_seed, include=include,
+                         exclude=exclude)
+    return calibrate(prepare(model, config), data, **calibrate_kwargs)
+
+
 class Calibrating:
     """What :func:`calibrating` yields: the statistics being recorded, then :meth:`convert`."""
 

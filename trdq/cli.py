@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def calibration_captions(caption_world, args) -> list[str]:
+    """``--calib-prompts`` captions of a world, drawn with seeds apart from the evaluated ones."""
+    return [s.caption for s in caption_world.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
+
+
 def load_any(model: str, base: str | None = None):
     """A model by name or folder, or a quantized folder written by ``trdq.save`` on ``base`` (by
     default the embedded model its manifest names; any other base must be named, since loading
@@ -315,7 +320,7 @@ def cmd_quantize(args) -> None:
     if args.prompts_file is not None:
         prompts = [text for _, text in read_captions(args.prompts_file)]
     elif (caption_world := WORLDS.get(model.settings.world)) is not None:
-        prompts = [s.caption for s in caption_world.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
+        prompts = calibration_captions(caption_world, args)
     else:
         raise ValueError(f"{args.model} has no embedded caption grammar: pass --prompts-file with calibration "
                          "captions like those you will generate from, one per line")
@@ -354,7 +359,7 @@ def cmd_eval(args) -> None:
         scenes = read_prompts_file(args.prompts_file, caption_world)
     else:
         scenes = caption_world.sample_scenes(args.num_prompts, seed=args.seed)
-    calibration = [s.caption for s in caption_world.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
+    calibration = calibration_captions(caption_world, args)
     run = {"model": model.name, "num_prompts": len(scenes), "seed": args.seed,
            "steps": args.steps or model.settings.steps,
            "guidance": model.settings.guidance if args.guidance is None else args.guidance}

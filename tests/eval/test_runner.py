@@ -69,7 +69,7 @@ def test_models_with_the_same_time_groups_share_one_calibration(tiny_pixart, mon
 
     scenes = shapes.sample_scenes(2, seed=3)
     calls = []
-    monkeypatch.setattr(runner, "calibrate", lambda *a, **k: calls.append(1) or api.calibrate(*a, **k))
+    monkeypatch.setattr(runner, "calibrate_groups", lambda *a, **k: calls.append(1) or api.calibrate_groups(*a, **k))
     configs = [QuantConfig(method=m, w_bits=4, a_bits=6, time_groups=TimeGroups(2), block_size=16)
                for m in ("viditq", "rtn", "duquant")]
     run = dict(include_fp=False, steps=4, calibration_prompts=["a large red circle in the center"], eps_sqnr=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from trdq import motion, shapes
-from trdq.api import Prepared, calibrate, convert, prepare, quantize
+from trdq.api import Prepared, calibrate_groups, convert, quantize
 from trdq.attention import ShareRule, measure_similarity, select_layers, share_attention
 from trdq.config import QuantConfig, TimeGroups
 from trdq.eval.clips import score_clips
@@ -199,10 +199,9 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         reused = key in statistics
         if not reused:
             statistics.clear()  # one at a time: a run's configs mostly share their groups
-            recorder = QuantConfig(method="trdq", time_groups=groups, seed=config.seed, include=config.include,
-                                   exclude=config.exclude)  # trdq keeps statistics per time group
-            statistics[key] = calibrate(prepare(model, recorder), calibration_prompts, steps=steps,
-                                        guidance=guidance, seed=10**5)
+            statistics[key] = calibrate_groups(model, groups, calibration_prompts, config_seed=config.seed,
+                                               include=config.include, exclude=config.exclude, steps=steps,
+                                               guidance=guidance, seed=10**5)
         return convert(statistics[key], config), reused
 
     for config in configs:
