@@ -63,12 +63,13 @@ def test_each_time_group_uses_its_own_weights():
 
 
 def _two_group_layer(w_bits, a_bits, a_symmetric=False, c_in=72):
+    """Group 0: smoothing and DuQuant's rotation (as a fit makes it: reflections), group 1: a Hadamard."""
     lin, x = _linear(c_in=c_in)
     s = smoothing_factors(x.abs().flatten(0, 1).amax(0), lin.weight.abs().amax(0), 0.5)
     absmax = (x / s).abs().flatten(0, 1).amax(0).double()
-    r1 = R.greedy_block_rotation(absmax, 32)
-    perm = R.zigzag_permutation(R.apply_block_diag(absmax[None], r1).abs()[0], 32)
-    duquant = R.duquant_rotation(r1, perm, R.greedy_block_rotation(absmax[perm], 32, seed=1))
+    r1 = R.greedy_block_reflections(absmax[None], 32)[0]
+    perm = R.zigzag_permutation(R.apply_block_diag(absmax[None], r1.blocks()).abs()[0], 32)
+    duquant = R.duquant_rotation(r1, perm, R.greedy_block_reflections(absmax[perm][None], 32, seed=1)[0])
     transforms = [GroupTransform(delta=s, rotation=duquant, alpha=0.5), GroupTransform(rotation=R.hadamard_rotation(c_in))]
     state = GroupState(GroupIndex((500.0,)))
     return QuantLinear.from_linear(lin, transforms, w_bits, a_bits, state, a_symmetric=a_symmetric), x, state
@@ -105,14 +106,50 @@ def test_real_layer_rejects_grouped_weights():
         IntLinear.from_quant(sim, 4)
 
 
+@pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize("group", [0, 1])
-def test_online_transform_folds_smoothing_into_the_rotation_and_keeps_the_weight_side(group):
+def test_online_transform_folds_smoothing_into_the_rotation_and_keeps_the_weight_side(group, compact):
     sim, x, _ = _two_group_layer(8, 8, False)
     t = sim.transforms[group]
-    online = OnlineTransform.of(t)
+    online = OnlineTransform.of(t, compact=compact)
     assert torch.allclose(online.apply(x).double(), t.activation(x.double()), atol=1e-4)
     w = torch.randn(48, 72, dtype=torch.float64)
     assert torch.allclose(online.weight(w.float()).double(), t.weight(w), atol=1e-3)
+    # the smoothing is held once: by the rotation where it reads it back (compact reflections, signs)
+    assert (online.delta is None) == (online.rotation.input_scale() is not None)
+    assert (online.delta is None) == (compact or group == 1)
+
+
+def test_bf16_weights_undo_exactly_the_rounded_scale_their_activations_get():
+    """With the smoothing read back from the rotation, (x S R)(W S^-1 R)^T = x W^T for the rounded S."""
+    sim, x, _ = _two_group_layer(8, 8, False)
+    online = OnlineTransform.of(sim.transforms[0], torch.bfloat16, compact=True)
+    w = torch.randn(48, 72)
+    x32 = x.reshape(-1, 72).float()
+    exact = x32 @ w.T
+    rotated = OnlineTransform(online.delta, online.rotation.map(lambda t: t.float() if t.is_floating_point() else t),
+                              torch.float32)  # the bf16-rounded factors, applied in float32
+    y = rotated.apply(x32) @ rotated.weight(w).T
+    assert (y - exact).abs().max() < 1e-4 * exact.abs().max()
+
+
+def test_memory_deployments_keep_rotations_as_reflections_with_the_same_outputs():
+    sim, x, state = _two_group_layer(8, 8, False, c_in=128)
+    lin = nn.Linear(128, 48)
+    lin.weight.data = sim.w_codes[1].float() * sim.w_scale[1].float()  # any weight: both layers rebuild from it
+    dense = SharedIntLinear.from_weight(sim, lin.weight, 8, keep_active=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SharedIntLinear, "compact_rotations", False)
+        fast = SharedIntLinear.from_weight(sim, lin.weight, 8, keep_active=False)
+
+    def factor_floats(layer):  # group 0's own floats (a compact stage's signs are one copy per width)
+        return sum(f.numel() for kind, v in layer.transforms[0].rotation.stages
+                   for f in R._flat_tensors(v[1:] if kind == "reflections" else v) if f.is_floating_point())
+
+    assert [k for k, _ in dense.transforms[0].rotation.stages] == ["reflections", "perm", "reflections"]
+    assert factor_floats(dense) < factor_floats(fast) / 4
+    state.group = 0
+    assert (dense(x) - fast(x)).abs().max() < 1e-4 * fast(x).abs().max()
 
 
 def test_moving_a_real_layer_moves_its_online_transforms():

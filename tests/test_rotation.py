@@ -62,8 +62,9 @@ def test_zigzag_spreads_the_largest_channels_over_all_blocks():
 
 @pytest.mark.parametrize("n, block", [(192, 64), (72, 32), (7, 3), (65, 64), (1, 64), (10, 1)])
 def test_greedy_rotation_is_the_reference_fit(n, block):
-    """The batched fit makes the reference's choices with its random signs; only rounding differs."""
-    absmax = torch.rand(n, dtype=torch.float64) ** 8 * 10
+    """The batched fit makes the reference's choices with its random signs; only rounding differs
+    (seeded input: an exact tie between two steps' maxima could go either way)."""
+    absmax = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(n * 100 + block)) ** 8 * 10
     fast, ref = R.greedy_block_rotation(absmax, block, seed=4), R.greedy_block_rotation_ref(absmax, block, seed=4)
     assert [b.shape for b in fast] == [b.shape for b in ref]
     assert max((a - b).abs().max().item() for a, b in zip(fast, ref)) < 1e-12
@@ -147,11 +148,56 @@ def test_duquant_rotation_runs_channels_first_on_any_leading_shape(dtype):
     assert torch.equal(online.apply_rows(x.reshape(-1, 72).to(dtype)), y.reshape(-1, 72).T)
 
 
-@pytest.mark.parametrize("first", ["blocks", "signs", "dense", "hadamard", "perm"])
+@pytest.mark.parametrize("n, block", [(192, 64), (72, 32), (65, 64), (1, 4)])  # 3-wide blocks tie often
+def test_reflections_keep_pivots_only_and_rebuild_the_reference_blocks(n, block):
+    absmax = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) ** 8 * 10
+    r = R.greedy_block_reflections(absmax[None], block, seed=2)[0]
+    assert r.pivots.dtype == torch.long and r.pivots.shape == (len(R.block_sizes(n, block)), 8)
+    assert [t for t in R._flat_tensors(r)] == [r.pivots]  # no b x b floats kept
+    ref = R.greedy_block_rotation_ref(absmax, block, seed=2)
+    assert max((a - b).abs().max().item() for a, b in zip(r.blocks(), ref)) < 1e-12
+    u, w = R.wy_factors(r.vectors()[0])  # the WY form of the reflections is orthogonal
+    q = torch.eye(u.shape[-1], dtype=torch.float64) - u.transpose(1, 2) @ w
+    assert torch.allclose(q @ q.transpose(1, 2), torch.eye(u.shape[-1], dtype=torch.float64).expand_as(q), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n, block", [(72, 32), (128, 32)])
+def test_compact_reflections_apply_like_their_dense_blocks(dtype, n, block):
+    """A real layer's rotation (compact: blocks built per call) equals the simulated path's dense one
+    to the dtype's rounding, with a folded input scale too, and keeps no b x b factors."""
+    gen = torch.Generator().manual_seed(1)
+    absmax = torch.rand(n, dtype=torch.float64, generator=gen) + torch.where(torch.arange(n) % 13 == 0, 20.0, 0.0)
+    r1, r2 = R.greedy_block_reflections(absmax[None], block, seed=3)[0], R.greedy_block_reflections(absmax[None], block, seed=4)[0]
+    rot = R.duquant_rotation(r1, torch.randperm(n, generator=gen), r2).with_input_scale(torch.rand(n, dtype=torch.float64) + 0.5)
+    compact, dense = rot.online(dtype), rot.online(dtype, compact=False)
+    assert [k for k, _ in compact.stages] == ["reflections", "perm", "reflections"]
+    assert [k for k, _ in dense.stages] == ["blocks", "perm", "blocks"]
+    floats = sum(t.numel() for _, v in compact.stages for t in R._flat_tensors(v) if t.is_floating_point())
+    assert floats < sum(t.numel() for _, v in dense.stages for t in R._flat_tensors(v) if t.is_floating_point()) / 2
+    x = torch.randn(3, 5, n, dtype=torch.float64, generator=gen)
+    exact = x @ rot.matrix()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for online in (compact, dense):
+        y = online.apply(x.to(dtype))
+        assert y.dtype == dtype and (y.double() - exact).abs().max() < tol * exact.abs().max()
+    assert (compact.apply(x.to(dtype)).double() - dense.apply(x.to(dtype)).double()).abs().max() < tol * exact.abs().max()
+
+
+def test_layers_of_one_width_share_the_online_signs_and_hadamard_factors():
+    a, b = (R.greedy_block_reflections(torch.rand(1, 64, dtype=torch.float64), 32, seed=0)[0] for _ in range(2))
+    sa, sb = (R.Rotation(64, (("reflections", r),)).online().stages[0][1][0] for r in (a, b))
+    assert sa.data_ptr() == sb.data_ptr()
+    ha, hb = (R.hadamard_rotation(1152, seed=s).online().stages[1][1][0] for s in (0, 1))
+    assert ha.data_ptr() == hb.data_ptr()
+
+
+@pytest.mark.parametrize("first", ["blocks", "reflections", "signs", "dense", "hadamard", "perm"])
 def test_input_scale_folds_into_the_first_stage_or_comes_before_it(first):
     n = 48
     d = torch.rand(n, dtype=torch.float64) + 0.5
     stage = {"blocks": ("blocks", R.greedy_block_rotation(torch.rand(n, dtype=torch.float64), 16)),
+             "reflections": ("reflections", R.greedy_block_reflections(torch.rand(1, n, dtype=torch.float64), 16)[0]),
              "signs": ("signs", R.random_signs(n, 0)), "dense": ("dense", R.random_orthogonal(n, 0)),
              "hadamard": ("hadamard", n), "perm": ("perm", torch.randperm(n))}[first]
     rot = R.Rotation(n, (stage, ("hadamard", n)))

@@ -96,8 +96,13 @@ TAMPERED = {
     "huge Hadamard": (dict(manifest=lambda d: _rotation_of(d).__setitem__(1, ["hadamard", 2 ** 20])),
                       "a Hadamard of order 1048576 on a 72-wide layer"),
     "not a permutation": (dict(tensors=lambda t: t.__setitem__(
-        next(k for k in t if k.startswith(LAYER) and t[k].dtype == torch.int64), torch.zeros(72, dtype=torch.int64))),
-        "not a permutation of 0..71"),
+        next(k for k in t if k.startswith(LAYER) and t[k].dtype == torch.int64 and t[k].dim() == 1),
+        torch.zeros(72, dtype=torch.int64))), "not a permutation of 0..71"),
+    "pivot outside its block": (dict(tensors=lambda t: next(
+        t[k] for k in t if k.startswith(LAYER) and t[k].dtype == torch.int64 and t[k].dim() == 2).fill_(32)),
+        "pivots outside their blocks"),
+    "reflections without a seed": (dict(manifest=lambda d: _rotation_of(d).__setitem__(
+        1, ["reflections", {"block_size": 32, "steps": 8}])), "is not {block_size, steps, seed}"),
     "alpha out of range": (dict(manifest=_layer("alphas", [7, 7])), "alphas[0]: 7 is not None"),
     "a_bits wrong type": (dict(manifest=_layer("a_bits", "8")), f"layers.{LAYER}.a_bits: missing or not a int"),
     "bad config": (dict(manifest=lambda d: d["config"].__setitem__("block_size", -4)), "config: ValueError"),

@@ -377,7 +377,7 @@ DEPLOYMENTS = ("per-group", "shared", "jit")
 
 
 def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = None, dtype: torch.dtype | None = None,
-            compile: bool = False, gemm: str | None = None) -> Model:
+            compile: bool = False, gemm: str | None = None, compact_rotations: bool | None = None) -> Model:
     """Real integer execution of a quantized model (docs/method.md §7).
 
     Every simulated :class:`~trdq.layers.QuantLinear` becomes a real integer layer: int8 GEMMs
@@ -407,6 +407,11 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
             fastest exact one for this CPU and each layer's weight bits (:func:`trdq.cpu.int8_gemm`:
             ``torch._int_mm`` with VNNI or AMX, else fbgemm for weights of up to 7 bits, else
             fp32 GEMMs over exact K chunks). Off the CPU, ``torch._int_mm`` runs.
+        compact_rotations: keep DuQuant's block rotations as their greedy reflections and build
+            the blocks at every call (a few bytes per channel instead of ``2 b`` floats per channel
+            and group; about a millisecond per layer call on a 2-core CPU) rather than as dense
+            blocks. None: dense for ``per-group`` (the fast deployment), compact for ``shared``
+            and ``jit`` (the small ones).
 
     Returns:
         The same kind of object as ``qmodel``, labelled ``"real integer"``.
@@ -431,16 +436,17 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
     fp = None if base is None else _unwrap(base)[1]
     source = transformer_of(qmodel)
     if isinstance(source, CFGSplitTransformer):  # each branch with its own bits
-        transformer = CFGSplitTransformer(*(_realize_transformer(t, deployment, fp, dtype, compile, gemm)
+        transformer = CFGSplitTransformer(*(_realize_transformer(t, deployment, fp, dtype, compile, gemm,
+                                                                 compact_rotations)
                                             for t in (source.uncond, source.cond)))
         transformer.trdq_info = dataclasses.replace(info, execution=IntLinear.execution)
     else:
-        transformer = _realize_transformer(source, deployment, fp, dtype, compile, gemm)
+        transformer = _realize_transformer(source, deployment, fp, dtype, compile, gemm, compact_rotations)
     return rewrap(qmodel, transformer)
 
 
 def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | None, dtype: torch.dtype | None,
-                         compile: bool, gemm: str | None) -> nn.Module:
+                         compile: bool, gemm: str | None, compact_rotations: bool | None = None) -> nn.Module:
     info = source.trdq_info
     # copy all but the simulated layers' float weights, which the integer layers do not use
     memo = {id(m.weights_fq): None for m in source.modules()
@@ -454,9 +460,11 @@ def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | Non
         if isinstance(m, QuantLinear):
             m.state = state
             w_bits = info.config.w_bits
-            layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32) if deployment == "per-group"
-                     else SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32,
-                                                      keep_active=deployment == "shared"))
+            layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32, compact_rotations)
+                     if deployment == "per-group" else
+                     SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32,
+                                                 keep_active=deployment == "shared",
+                                                 compact_rotations=compact_rotations))
             layer.compiled = compile
             layer.use_gemm(gemm or cpu.int8_gemm(w_bits))
             replace_module(transformer, name, layer)

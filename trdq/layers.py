@@ -128,7 +128,9 @@ class OnlineTransform:
     is applied in (float32, or bf16 for a bf16 model; no float64 copies).
 
     Attributes:
-        delta: the smoothing factors ``s`` (C_in,), or None.
+        delta: the smoothing factors ``s`` (C_in,), or None; None also where they are folded into
+            the rotation in a form it reads back (:meth:`OnlineRotation.input_scale`), which
+            then holds them once.
         rotation: the prepared rotation factors, with ``Delta^-1`` folded into the first one
             (``Delta^-1 R``, folded in float64 before the cast): activations take one pass fewer.
     """
@@ -138,19 +140,27 @@ class OnlineTransform:
     dtype: torch.dtype = torch.float32
 
     @classmethod
-    def of(cls, t: GroupTransform, dtype: torch.dtype = torch.float32) -> OnlineTransform:
+    def of(cls, t: GroupTransform, dtype: torch.dtype = torch.float32, compact: bool = False) -> OnlineTransform:
+        """``t`` prepared in ``dtype``; with ``compact``, DuQuant's block rotations are kept as
+        their reflections and rebuilt at every call (see :meth:`trdq.rotation.Rotation.online`)."""
         delta = None if t.delta is None else t.delta.to(dtype)
         if t.rotation is None:
             return cls(delta, None, dtype)
         rotation = t.rotation if t.delta is None else t.rotation.with_input_scale(1 / t.delta.double())
-        return cls(delta, rotation.online(dtype), dtype)
+        online = rotation.online(dtype, compact=compact)
+        return cls(delta if online.input_scale() is None else None, online, dtype)
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         """``W Delta R`` for w (C_out, C_in) in w's dtype: ``(W Delta^2)(Delta^-1 R)`` when the
-        smoothing is folded into the rotation."""
+        smoothing is folded into the rotation (``Delta^-1`` read back from it where it can be, so
+        the weights undo exactly the rounded scale the activations get)."""
+        if self.rotation is None:
+            return w if self.delta is None else w * self.delta.to(w.dtype)
         if self.delta is not None:
-            w = w * (self.delta.to(w.dtype) ** (2 if self.rotation is not None else 1))
-        return w if self.rotation is None else self.rotation.apply(w)
+            w = w * self.delta.to(w.dtype) ** 2
+        elif (scale := self.rotation.input_scale()) is not None:
+            w = w / scale.to(w.dtype) ** 2
+        return self.rotation.apply(w)
 
     def apply(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
         """``X Delta^-1 R`` for x (..., C_in), computed and returned in :attr:`dtype`
@@ -263,26 +273,34 @@ class IntLinear(nn.Module):
 
     execution = "real integer"
     compiled = False  # realize(compile=True) sets it: compiled_quantized_linear(), compiled block rotations
+    # DuQuant's block rotations as dense blocks (the fast form) or as reflections rebuilt per call
+    # (a few bytes per channel instead of 2 b floats per channel, group and layer; the memory
+    # deployments' form)
+    compact_rotations = False
     gemm = "int_mm"  # the int8 GEMM (trdq.kernels.GEMMS); realize() picks it for the machine (trdq.cpu.int8_gemm)
 
     def __init__(self, w_store: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                  transforms: list[GroupTransform], copy_of_group: list[int], w_bits: int, a_bits: int,
                  a_symmetric: bool, state: GroupState, in_features: int,
-                 transform_dtype: torch.dtype = torch.float32):
+                 transform_dtype: torch.dtype = torch.float32, compact_rotations: bool | None = None):
         """Args:
             w_store: (copies, C_out, C_in) int8 codes, or (copies, C_out, C_in // 2) uint8 packed
                 int4 codes when ``w_bits <= 4``.
             w_scale: (copies, C_out, 1) float32 per-channel scales.
             copy_of_group: the stored copy each time group uses.
             transform_dtype: dtype the online transforms are kept and applied in.
+            compact_rotations: keep DuQuant's block rotations as reflections (None: the class's
+                :attr:`compact_rotations`).
         """
         super().__init__()
+        if compact_rotations is not None:
+            self.compact_rotations = compact_rotations
         self.register_buffer("w_store", w_store)
         self.register_buffer("w_scale", w_scale.float())
         rowsums = [kernels.weight_rowsum(self._codes(c)) for c in range(w_store.shape[0])]
         self.register_buffer("w_rowsum", torch.stack(rowsums))  # (copies, C_out) int32
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        self.transforms = [OnlineTransform.of(t, transform_dtype) for t in transforms]
+        self.transforms = [OnlineTransform.of(t, transform_dtype, self.compact_rotations) for t in transforms]
         self.copy_of_group = copy_of_group
         self.prepared: dict = {}  # stored copy -> what the GEMM needs beyond the codes (see _prepare)
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
@@ -328,8 +346,10 @@ class IntLinear(nn.Module):
         return kernels.unpack_int4(self.w_store[copy]) if self.packed else self.w_store[copy]
 
     @classmethod
-    def from_quant(cls, layer: QuantLinear, w_bits: int, transform_dtype: torch.dtype = torch.float32) -> IntLinear:
-        """Store ``layer``'s weight codes for integer execution (transforms in ``transform_dtype``).
+    def from_quant(cls, layer: QuantLinear, w_bits: int, transform_dtype: torch.dtype = torch.float32,
+                   compact_rotations: bool | None = None) -> IntLinear:
+        """Store ``layer``'s weight codes for integer execution (transforms in ``transform_dtype``;
+        ``compact_rotations`` as in the constructor).
 
         Raises:
             ValueError: for grouped weights (``w_group_size``).
@@ -348,7 +368,7 @@ class IntLinear(nn.Module):
         codes = layer.w_codes[copies]  # (copies, C_out, C_in) int8
         store = kernels.pack_int4(codes) if w_bits <= 4 and codes.shape[-1] % 2 == 0 else codes
         return cls(store, layer.w_scale[copies].float(), layer.bias, layer.transforms, copy_of_group, w_bits,
-                   layer.a_bits, layer.a_symmetric, layer.state, layer.in_features, transform_dtype)
+                   layer.a_bits, layer.a_symmetric, layer.state, layer.in_features, transform_dtype, compact_rotations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C_in) -> (..., C_out)
         g = self.state.group
@@ -391,8 +411,10 @@ class SharedIntLinear(IntLinear):
     The layer keeps an int8 master of its full-precision weight (per output channel, in the
     original frame) and, when the time group changes, rebuilds that group's weight codes from it
     online: ``Q(W_master Delta_g R_g)`` with the factored rotation. Memory is the master plus the
-    active group's codes (packed when 4-bit) instead of one copy per group; the price is a
-    rebuild at every group switch and the master's 8-bit rounding under the group's codes.
+    active group's codes (packed when 4-bit) instead of one copy per group, and DuQuant's block
+    rotations are kept as their reflections (:attr:`compact_rotations`); the price is a rebuild
+    at every group switch, the rotation blocks built at every call, and the master's 8-bit
+    rounding under the group's codes.
 
     With ``keep_active=False`` (the ``jit`` deployment) the active codes are built at every call
     and dropped after it: the weights at rest are the master alone, about one int8 copy whatever
@@ -400,15 +422,18 @@ class SharedIntLinear(IntLinear):
     """
 
     keep_active = True
+    compact_rotations = True
 
     def __init__(self, master: torch.Tensor, master_scale: torch.Tensor, bias: torch.Tensor | None,
                  transforms: list[GroupTransform], w_bits: int, a_bits: int, a_symmetric: bool, state: GroupState,
-                 transform_dtype: torch.dtype = torch.float32):
+                 transform_dtype: torch.dtype = torch.float32, compact_rotations: bool | None = None):
         nn.Module.__init__(self)
+        if compact_rotations is not None:
+            self.compact_rotations = compact_rotations
         self.register_buffer("master", master.to(torch.int8))  # (C_out, C_in)
         self.register_buffer("master_scale", master_scale.float())  # (C_out, 1)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        self.transforms = [OnlineTransform.of(t, transform_dtype) for t in transforms]
+        self.transforms = [OnlineTransform.of(t, transform_dtype, self.compact_rotations) for t in transforms]
         self.copy_of_group = list(range(len(transforms)))
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.out_features, self.in_features = master.shape
@@ -418,18 +443,20 @@ class SharedIntLinear(IntLinear):
 
     @classmethod
     def from_weight(cls, layer: QuantLinear, weight: torch.Tensor, w_bits: int,
-                    transform_dtype: torch.dtype = torch.float32, keep_active: bool = True) -> SharedIntLinear:
+                    transform_dtype: torch.dtype = torch.float32, keep_active: bool = True,
+                    compact_rotations: bool | None = None) -> SharedIntLinear:
         """Args:
             layer: the simulated layer (for its transforms, bias and activation settings).
             weight: the full-precision weight (C_out, C_in) it was made from.
             transform_dtype: dtype the transforms are kept and applied in (the weight rebuild too).
             keep_active: keep the active group's codes until the group changes (``shared``), or
                 build them at every call and drop them after it (``jit``).
+            compact_rotations: as in :class:`IntLinear` (None: True).
         """
         p = quantizer.per_channel_params(weight.detach().double(), 8, symmetric=True)
         master = quantizer.quantize(weight.detach().double(), p)
         shared = cls(master, p.scale, layer.bias, layer.transforms, w_bits, layer.a_bits, layer.a_symmetric,
-                     layer.state, transform_dtype)
+                     layer.state, transform_dtype, compact_rotations)
         shared.keep_active = keep_active
         return shared
 

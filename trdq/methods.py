@@ -82,11 +82,11 @@ def fit_rotations(kind: str, samples: list[torch.Tensor], absmaxes: list[torch.T
     if kind == "hadamard":
         return [rot.hadamard_rotation(c_in, seed) for _ in absmaxes]
     block = min(block_size, c_in)
-    r1s = rot.greedy_block_rotations(torch.stack(absmaxes), block, steps, seed)
-    m1s = [rot.apply_block_diag(x.double() if len(x) else m.double()[None], r1).abs().amax(0)
+    r1s = rot.greedy_block_reflections(torch.stack(absmaxes), block, steps, seed)
+    m1s = [rot.apply_block_diag(x.double() if len(x) else m.double()[None], r1.blocks()).abs().amax(0)
            for x, m, r1 in zip(samples, absmaxes, r1s)]
     perms = [rot.zigzag_permutation(m1, block) for m1 in m1s]
-    r2s = rot.greedy_block_rotations(torch.stack([m1[p] for m1, p in zip(m1s, perms)]), block, steps, seed + 1)
+    r2s = rot.greedy_block_reflections(torch.stack([m1[p] for m1, p in zip(m1s, perms)]), block, steps, seed + 1)
     return [rot.duquant_rotation(r1, p, r2) for r1, p, r2 in zip(r1s, perms, r2s)]
 
 

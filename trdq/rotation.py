@@ -4,7 +4,9 @@
   orders that Paley's constructions give (12, 20, 28, 36, ...), e.g. 1152 = 36 x 32 and 192 = 12 x 16.
 - :func:`random_hadamard`: QuaRot's randomised Hadamard ``diag(signs) H``.
 - :func:`greedy_block_rotation`: DuQuant-style block rotation fitted to per-channel abs-maxima
-  (:func:`greedy_block_rotations` for several candidates at once).
+  (:func:`greedy_block_rotations` for several candidates at once); :func:`greedy_block_reflections`
+  returns the same rotation as :class:`Reflections`, the pivot channel of each greedy step, from
+  which the blocks are rebuilt (a few bytes per block instead of ``b^2`` floats).
 - :func:`zigzag_permutation`: deals channels to blocks so each block gets a similar share of outliers.
 
 All matrices are float64 and orthogonal: ``x @ R`` rotates activations (tokens, C) and
@@ -13,6 +15,7 @@ All matrices are float64 and orthogonal: ``x @ R`` rotates activations (tokens, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -130,9 +133,14 @@ def hadamard_rotation(n: int, seed: int = 0) -> Rotation:
     return Rotation(n, (("blocks", [random_hadamard(block, seed + i) for i in range(n // block)]),))
 
 
-def duquant_rotation(r1: list[torch.Tensor], perm: torch.Tensor, r2: list[torch.Tensor]) -> Rotation:
-    """DuQuant's ``R1 P R2``: block rotation, zigzag permutation, block rotation."""
-    return Rotation(int(perm.numel()), (("blocks", r1), ("perm", perm), ("blocks", r2)))
+def duquant_rotation(r1: list[torch.Tensor] | Reflections, perm: torch.Tensor,
+                     r2: list[torch.Tensor] | Reflections) -> Rotation:
+    """DuQuant's ``R1 P R2``: block rotation, zigzag permutation, block rotation (each block
+    rotation as dense blocks or as :class:`Reflections`)."""
+    def stage(r):
+        return ("reflections", r) if isinstance(r, Reflections) else ("blocks", r)
+
+    return Rotation(int(perm.numel()), (stage(r1), ("perm", perm), stage(r2)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +148,8 @@ class Rotation:
     """An orthogonal (C, C) matrix ``R`` kept as the factors it was built from; ``x -> x @ R``.
 
     Stages apply left to right: ``("signs", s)`` multiplies channels by +-1, ``("blocks", [B..])``
-    multiplies by a block-diagonal matrix, ``("perm", idx)`` reorders channels (``x[..., idx]``),
+    multiplies by a block-diagonal matrix, ``("reflections", Reflections)`` by the block-diagonal
+    matrix those reflections make, ``("perm", idx)`` reorders channels (``x[..., idx]``),
     ``("hadamard", n)`` multiplies by :func:`hadamard` ``(n)`` and ``("dense", M)`` by ``M``.
 
     :meth:`matrix` is the exact float64 matrix (for weight surgery and the simulated path);
@@ -168,14 +177,20 @@ class Rotation:
         key = (dtype, x.device)
         online = self._cache.get(key)
         if online is None:
-            online = self.online(dtype, x.device)
+            online = self.online(dtype, x.device, compact=False)
             if dtype != DTYPE:  # kept for the per-call path; float64 is weight surgery, done once
                 self._cache[key] = online
         return online.apply(x)
 
-    def online(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> OnlineRotation:
-        """The factors cast and laid out once for repeated :meth:`apply` calls in ``dtype``."""
-        return OnlineRotation(self.size, tuple((kind, _prepare(kind, value, dtype, device))
+    def online(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+               compact: bool = True) -> OnlineRotation:
+        """The factors cast and laid out once for repeated :meth:`apply` calls in ``dtype``.
+
+        With ``compact``, :class:`Reflections` stay reflections and their blocks are built at
+        every call (what a real integer layer keeps: its rotations then weigh a few bytes per
+        channel); otherwise they are expanded to dense blocks once (what the simulated path
+        caches, for speed)."""
+        return OnlineRotation(self.size, tuple(_prepare(kind, value, dtype, device, compact)
                                                for kind, value in self.stages), dtype)
 
     @property
@@ -188,7 +203,9 @@ class Rotation:
         The real path uses it to fold smoothing ``Delta^-1`` into the rotation."""
         d = d.to(DTYPE)
         kind, value = self.stages[0]
-        if kind == "blocks":
+        if kind == "reflections":
+            first = (kind, value.with_scale(d))
+        elif kind == "blocks":
             sizes = [b.shape[0] for b in value]
             first = (kind, [b.to(DTYPE) * part[:, None] for b, part in zip(value, d.split(sizes))])
         elif kind == "signs":
@@ -215,7 +232,7 @@ class OnlineRotation:
         """Whether :meth:`apply` goes through :meth:`apply_rows` (block and permutation stages,
         DuQuant's) rather than row by row (signs and Hadamard factors, QuaRot's, which need no
         transposed copy)."""
-        return any(kind in ("blocks", "perm") for kind, _ in self.stages)
+        return any(kind in ("blocks", "reflections", "perm") for kind, _ in self.stages)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ R`` for x (..., C) in ``x``'s dtype, computed in ``self.dtype``."""
@@ -226,6 +243,15 @@ class OnlineRotation:
             y = _stage_fast(y, kind, value)
         return y.to(x.dtype)
 
+    def input_scale(self) -> torch.Tensor | None:
+        """The channel scaling folded into the first stage (see :meth:`Rotation.with_input_scale`),
+        (C,) in the dtype it is applied in, where it can be read back: a compact reflections
+        stage's scale, or the magnitudes of a sign stage; None otherwise (and for no scaling)."""
+        kind, value = self.stages[0]
+        if kind == "signs":
+            return value.abs()
+        return value[2] if kind == "reflections" else None
+
     def apply_rows(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
         """``(x @ R)^T`` (C, M) for rows x (M, C), channels first (:func:`rotate_rows`; through
         :func:`compiled_rotate_rows` if ``compiled``)."""
@@ -233,10 +259,10 @@ class OnlineRotation:
 
     def map(self, fn) -> OnlineRotation:
         """The same rotation with ``fn`` applied to every factor tensor (``Module._apply``'s
-        device or dtype moves); the dtype follows the floating factors."""
+        device or dtype moves); the dtype becomes what ``fn`` makes of it (compact reflections
+        keep float32 factors whatever the dtype they are applied in)."""
         stages = tuple((kind, _map_tensors(value, fn)) for kind, value in self.stages)
-        floats = [t for _, v in stages for t in _flat_tensors(v) if t.is_floating_point()]
-        return OnlineRotation(self.size, stages, floats[0].dtype if floats else self.dtype)
+        return OnlineRotation(self.size, stages, fn(torch.empty(0, dtype=self.dtype)).dtype)
 
 
 def _stage_exact(x: torch.Tensor, kind: str, value) -> torch.Tensor:
@@ -244,6 +270,8 @@ def _stage_exact(x: torch.Tensor, kind: str, value) -> torch.Tensor:
         return x * value.to(x.dtype)
     if kind == "blocks":
         return apply_block_diag(x, value)
+    if kind == "reflections":
+        return apply_block_diag(x, value.blocks())
     if kind == "perm":
         return x[..., value]
     if kind == "hadamard":
@@ -251,17 +279,65 @@ def _stage_exact(x: torch.Tensor, kind: str, value) -> torch.Tensor:
     return x @ value.to(x.dtype)  # dense
 
 
-def _prepare(kind: str, value, dtype: torch.dtype, device: torch.device):
-    """A stage's factors in the form and dtype :func:`_stage_fast` uses."""
+def _prepare(kind: str, value, dtype: torch.dtype, device: torch.device, compact: bool = True) -> tuple[str, object]:
+    """A stage as ``(kind, factors)`` in the form and dtype :func:`_stage_fast` uses: reflections
+    stay compact (:func:`_compact_reflections`) or become dense ``blocks``."""
+    if kind == "reflections":
+        if compact:
+            return kind, _compact_reflections(value, dtype, device)
+        kind, value = "blocks", value.blocks()
     if kind == "blocks":  # equal blocks first, at most a smaller remainder after them
         n_full = sum(v.shape[0] == value[0].shape[0] for v in value)
         rest = [v.to(dtype=dtype, device=device) for v in value[n_full:]]
-        return torch.stack(value[:n_full]).to(dtype=dtype, device=device), rest
-    if kind == "hadamard":
-        return [f.to(dtype=dtype, device=device) for f in _hadamard_kron_factors(value)]
-    if kind == "perm":
-        return value.to(device)
-    return value.to(dtype=dtype, device=device)  # signs, dense
+        return kind, (torch.stack(value[:n_full]).to(dtype=dtype, device=device), rest)
+    if kind == "hadamard":  # the same factors for every layer of a width: one shared copy
+        return kind, _online_hadamard_factors(value, dtype, torch.device(device))
+    if kind == "perm":  # int16 where it fits: the smallest index the stages widen per call
+        return kind, value.to(dtype=torch.int16 if value.numel() <= 2**15 else torch.int32, device=device)
+    return kind, value.to(dtype=dtype, device=device)  # signs, dense
+
+
+@functools.lru_cache(maxsize=64)
+def _online_hadamard_factors(n: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    return [f.to(dtype=dtype, device=device) for f in _hadamard_kron_factors(n)]
+
+
+def _compact_reflections(r: Reflections, dtype: torch.dtype, device) -> tuple:
+    """What a real layer keeps of :class:`Reflections` (see :func:`_built_blocks`): for the full
+    blocks, the signs (n, s, b) float32 (one copy per width and seed, shared by every layer), the
+    pivots (n, s) int16; the folded input scale (C,) in ``dtype``, or None; the remainder block,
+    if any, dense and unscaled in ``dtype``. A few bytes per channel instead of ``b`` floats."""
+    n_full = r.size // min(r.block_size, r.size)
+    signs = _online_signs(r.size, r.block_size, r.steps, r.seed, torch.device(device))
+    scale = None if r.scale is None else r.scale.to(dtype=dtype, device=device)
+    rest = [blk.to(dtype=dtype, device=device) for blk in dataclasses.replace(r, scale=None).blocks()[n_full:]]
+    return signs, r.pivots[:n_full].to(dtype=torch.int16, device=device), scale, rest
+
+
+@functools.lru_cache(maxsize=64)
+def _online_signs(size: int, block_size: int, steps: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The full blocks' greedy signs (n, s, b) in float32, one copy per width and seed shared by
+    every layer."""
+    b = min(block_size, size)
+    return reflection_signs(size, b, steps, seed)[b].to(torch.float32).to(device)
+
+
+def _built_blocks(value: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Compact reflections (:func:`_compact_reflections`) as dense ``blocks`` factors, built in
+    float32 at every call: ``diag(scale) (I - U^T T U)`` per block from the WY form of its
+    reflections (:func:`wy_factors`), a few small batched products."""
+    signs, pivots, scale, rest = value
+    u, w = wy_factors(householder_vectors(signs, pivots.long()))
+    n, _, b = u.shape
+    blocks = torch.eye(b, dtype=u.dtype, device=u.device) - u.transpose(1, 2) @ w
+    if scale is None:
+        return blocks.to(dtype), rest
+    blocks = blocks * scale[:n * b].to(blocks.dtype).view(n, b, 1)
+    rest, start = list(rest), n * b
+    for i, blk in enumerate(rest):
+        rest[i] = (blk.float() * scale[start:start + blk.shape[0], None].float()).to(dtype)
+        start += blk.shape[0]
+    return blocks.to(dtype), rest
 
 
 MAX_KRON_FACTOR = 128
@@ -280,6 +356,8 @@ def _hadamard_kron_factors(n: int) -> list[torch.Tensor]:
 
 
 def _stage_fast(x: torch.Tensor, kind: str, value) -> torch.Tensor:
+    if kind == "reflections":
+        kind, value = "blocks", _built_blocks(value, x.dtype)
     if kind == "blocks":
         full, rest = value
         cut = full.shape[0] * full.shape[1]
@@ -296,13 +374,15 @@ def _stage_fast(x: torch.Tensor, kind: str, value) -> torch.Tensor:
     if kind == "signs":
         return x * value
     if kind == "perm":
-        return x.index_select(-1, value)  # much faster than x[..., value] on CPU
+        return x.index_select(-1, value.long())  # much faster than x[..., value] on CPU
     return x @ value  # dense
 
 
 def _stage_channel_major(y: torch.Tensor, kind: str, value) -> torch.Tensor:
     """One stage of ``x @ R`` on ``y = x^T`` (C, M): returns ``(x @ stage)^T``, contiguous."""
     m = y.shape[1]
+    if kind == "reflections":
+        kind, value = "blocks", _built_blocks(value, y.dtype)
     if kind == "blocks":  # (B^T y) per block of rows
         full, rest = value
         nb, b = full.shape[:2]
@@ -324,7 +404,7 @@ def _stage_channel_major(y: torch.Tensor, kind: str, value) -> torch.Tensor:
     if kind == "signs":
         return y * value[:, None]
     if kind == "perm":
-        return y.index_select(0, value)  # whole rows: a memcpy each
+        return y.index_select(0, value.long())  # whole rows: a memcpy each
     return value.T @ y  # dense
 
 
@@ -356,6 +436,8 @@ def compiled_rotate_rows():
 def _flat_tensors(value) -> list[torch.Tensor]:
     if torch.is_tensor(value):
         return [value]
+    if isinstance(value, Reflections):
+        return [t for t in (value.pivots, value.scale) if t is not None]
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _flat_tensors(v)]
     return []
@@ -364,6 +446,8 @@ def _flat_tensors(value) -> list[torch.Tensor]:
 def _map_tensors(value, fn):
     if torch.is_tensor(value):
         return fn(value)
+    if isinstance(value, Reflections):
+        return value.map(fn)
     if isinstance(value, (list, tuple)):
         return type(value)(_map_tensors(v, fn) for v in value)
     return value
@@ -451,47 +535,142 @@ def greedy_block_rotation(absmax: torch.Tensor, block_size: int, max_steps: int 
 def greedy_block_rotations(absmax: torch.Tensor, block_size: int, max_steps: int = 8,
                            seed: int = 0) -> list[list[torch.Tensor]]:
     """:func:`greedy_block_rotation` of K candidates' abs-maxima (K, C) at once, each with the
-    same random signs (as K calls with one seed would draw).
+    same random signs (as K calls with one seed would draw), as dense blocks."""
+    return [r.blocks() for r in greedy_block_reflections(absmax, block_size, max_steps, seed)]
+
+
+def greedy_block_reflections(absmax: torch.Tensor, block_size: int, max_steps: int = 8,
+                             seed: int = 0) -> list[Reflections]:
+    """The greedy block rotations of K candidates' abs-maxima (K, C), as :class:`Reflections`.
 
     All blocks of one size, of every candidate, are fitted together and each reflection is applied
     as a rank-one update: the result of :func:`greedy_block_rotation_ref` to float64 rounding, at
     a fraction of its cost (the fits' Python overhead, not their arithmetic, dominates).
     """
-    gen = torch.Generator().manual_seed(seed)
     k, c = absmax.shape
     sizes = block_sizes(c, block_size)
-    fitted: list[list[torch.Tensor]] = [[] for _ in range(k)]
+    signs = reflection_signs(c, block_size, max_steps, seed)
+    pivots: list[list[torch.Tensor]] = [[] for _ in range(k)]
     start = 0
     for b in dict.fromkeys(sizes):  # the full blocks, then the remainder
         count = sizes.count(b)
-        # one draw for all blocks of a size: the reference's stream, block by block, step by step
-        signs = torch.randint(0, 2, (count, max_steps if b > 1 else 0, b), generator=gen).to(DTYPE) * 2 - 1
         v = absmax[:, start:start + count * b].to(DTYPE).reshape(k * count, b)
-        blocks = _greedy_blocks(v, signs.repeat(k, 1, 1))
+        chosen = _greedy_pivots(v, signs[b].repeat(k, 1, 1))
         for i in range(k):
-            fitted[i] += blocks[i * count:(i + 1) * count]
+            pivots[i].append(chosen[i * count:(i + 1) * count])
         start += count * b
-    return fitted
+    return [Reflections(c, block_size, max_steps, seed, torch.cat(p)) for p in pivots]
 
 
-def _greedy_blocks(v: torch.Tensor, signs: torch.Tensor) -> list[torch.Tensor]:
-    """The greedy rotation of n blocks of one size: v (n, b), signs (n, steps, b)."""
+@functools.lru_cache(maxsize=64)
+def reflection_signs(size: int, block_size: int, steps: int, seed: int) -> dict[int, torch.Tensor]:
+    """The random signs of the greedy fit of a ``size``-wide layer: block width -> (count, steps,
+    b) float64 of +-1, drawn from ``seed`` in the reference's order, full blocks first (1-wide
+    blocks draw nothing and get zeros: they cannot be rotated). They depend on the shapes and the
+    seed only, so a fitted rotation keeps just its pivots. Shared between callers: read only."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = block_sizes(size, block_size)
+    return {b: (torch.randint(0, 2, (sizes.count(b), steps, b), generator=gen).to(DTYPE) * 2 - 1 if b > 1
+                else torch.zeros(sizes.count(b), steps, 1, dtype=DTYPE))
+            for b in dict.fromkeys(sizes)}
+
+
+def householder_vectors(signs: torch.Tensor, pivots: torch.Tensor) -> torch.Tensor:
+    """Unit reflection axes ``(e_d - signs / sqrt(b)) / norm`` (n, s, b) for pivots d (n, s);
+    a zero axis (the identity) where the pivot is -1. In ``signs``' dtype."""
+    b = signs.shape[-1]
+    used = pivots >= 0
+    u = torch.nn.functional.one_hot(pivots.clamp_min(0), b).to(signs.dtype) - signs / b**0.5
+    u = u * used[..., None].to(u.dtype)
+    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def wy_factors(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, W)`` with ``H(u_1) H(u_2) ... H(u_s) = I - U^T W`` for unit or zero axes u (n, s, b)
+    (the compact WY form of a product of Householder reflections ``H(u) = I - 2 u u^T``).
+
+    ``W = T U`` where ``T^-1 = I / 2 + striu(U U^T)`` (Puglisi's closed form of the WY factor: one
+    small triangular solve instead of a loop over the reflections); a zero axis contributes
+    nothing whatever its diagonal entry."""
+    s = u.shape[1]
+    t_inv = torch.triu(u @ u.transpose(1, 2), diagonal=1) + 0.5 * torch.eye(s, dtype=u.dtype, device=u.device)
+    return u, torch.linalg.solve_triangular(t_inv, u, upper=True)
+
+
+def _greedy_pivots(v: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """The greedy rotation of n blocks of one size, v (n, b) and signs (n, steps, b): the channel
+    each step spread (n, steps), -1 after the best prefix of steps."""
     n, b = v.shape
     rows = torch.arange(n)
-    rot = torch.eye(b, dtype=DTYPE).repeat(n, 1, 1)
-    best, best_max = rot.clone(), v.abs().amax(1)
-    for step in range(signs.shape[1]):
+    best_max, best_len = v.abs().amax(1), torch.zeros(n, dtype=torch.long)
+    pivots = torch.full((n, signs.shape[1]), -1, dtype=torch.long)
+    for step in range(signs.shape[1] if b > 1 else 0):
         d = v.abs().argmax(1)
         u = -signs[:, step] / b**0.5  # the reflection's axis: e_d - signs / sqrt(b), normalized
         u[rows, d] += 1.0
-        norm = u.norm(dim=1, keepdim=True)
-        u = torch.where(norm < 1e-12, torch.zeros_like(u), u / norm.clamp_min(1e-12))  # spread already: H = I
+        u = u / u.norm(dim=1, keepdim=True)  # never zero for b > 1 (signs / sqrt(b) is no unit vector)
         v = v - 2 * (v * u).sum(1, keepdim=True) * u
-        rot = rot - 2 * (rot * u[:, None, :]).sum(2, keepdim=True) * u[:, None, :]  # batched GEMV is slow
+        pivots[:, step] = d
         current = v.abs().amax(1)
         better = current < best_max
-        best[better], best_max = rot[better], torch.where(better, current, best_max)
-    return list(best.unbind(0))
+        best_len, best_max = torch.where(better, step + 1, best_len), torch.where(better, current, best_max)
+    return torch.where(torch.arange(signs.shape[1]) < best_len[:, None], pivots, -1)
+
+
+@dataclass(frozen=True, eq=False)
+class Reflections:
+    """A block-diagonal orthogonal matrix fitted by the greedy DuQuant search, kept as what the
+    fit chose rather than as ``b x b`` blocks: each block is the product of the Householder
+    reflections of its greedy steps, and a step's reflection is fixed by its pivot channel and
+    the seeded signs (:func:`reflection_signs`), so the pivots and the seed are the whole matrix.
+
+    Attributes:
+        size: channels (C).
+        block_size: channels per block (:func:`block_sizes`; the last block takes the remainder).
+        steps: greedy steps per block (the signs' shape).
+        seed: the signs' seed.
+        pivots: (blocks, steps) long, the channel (within its block) each step spread; -1 for a
+            step left out (the identity).
+        scale: (C,) float64 row scaling ``diag(scale) B`` (folded smoothing, see
+            :meth:`Rotation.with_input_scale`), or None.
+    """
+
+    size: int
+    block_size: int
+    steps: int
+    seed: int
+    pivots: torch.Tensor
+    scale: torch.Tensor | None = None
+
+    def vectors(self) -> list[torch.Tensor]:
+        """Unit or zero reflection axes per block width, (count, steps, b) float64 each, full
+        blocks first."""
+        out, start = [], 0
+        for b, signs in reflection_signs(self.size, self.block_size, self.steps, self.seed).items():
+            count = signs.shape[0]
+            out.append(householder_vectors(signs, self.pivots[start:start + count].cpu()))
+            start += count
+        return out
+
+    def blocks(self) -> list[torch.Tensor]:
+        """The dense float64 blocks in channel order (scaled rows if :attr:`scale`)."""
+        blocks = []
+        for u in self.vectors():
+            u, w = wy_factors(u)
+            blocks += list((torch.eye(u.shape[-1], dtype=DTYPE) - u.transpose(1, 2) @ w).unbind(0))
+        if self.scale is not None:
+            blocks = [blk * part[:, None] for blk, part in
+                      zip(blocks, self.scale.to(DTYPE).cpu().split([blk.shape[0] for blk in blocks]))]
+        return blocks
+
+    def with_scale(self, d: torch.Tensor) -> Reflections:
+        """``diag(d)`` times this matrix."""
+        scale = d.to(DTYPE) if self.scale is None else self.scale.to(DTYPE) * d.to(DTYPE)
+        return Reflections(self.size, self.block_size, self.steps, self.seed, self.pivots, scale)
+
+    def map(self, fn) -> Reflections:
+        return Reflections(self.size, self.block_size, self.steps, self.seed, fn(self.pivots),
+                           None if self.scale is None else fn(self.scale))
 
 
 def zigzag_permutation(absmax: torch.Tensor, block_size: int) -> torch.Tensor:

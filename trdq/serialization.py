@@ -3,7 +3,8 @@
 A saved folder holds ``manifest.json`` (format, execution label, base model, config, time-group
 thresholds, per-layer alphas, transform kinds and rotation structure) and ``quantized.safetensors``
 (int8 weight codes and float64 scales per group, biases, smoothing factors, and the rotations as
-their factors: blocks, permutations, signs; a Hadamard is rebuilt from its order). Everything else comes from
+their factors: blocks, the greedy fit's pivots, permutations, signs; a Hadamard is rebuilt from its
+order, a greedy block rotation from its pivots and seed). Everything else comes from
 the base model, so loading needs the base model but no calibration, and gives bit-identical outputs.
 
 Loading trusts nothing in the folder: every field and tensor is checked (presence, dtype, shape
@@ -35,12 +36,12 @@ from trdq.fingerprint import mismatch
 from trdq.layers import EXECUTION, GroupTransform, QuantLinear
 from trdq.models.loader import load_model
 from trdq.quantizer import MAX_BITS, MIN_BITS
-from trdq.rotation import Rotation
+from trdq.rotation import Reflections, Rotation, block_sizes
 from trdq.timegroups import GroupIndex, GroupState
 
 FORMAT = "trdq-simulated-v3"  # v3: the base model's fingerprint, and every field validated on load
 MANIFEST, TENSORS = "manifest.json", "quantized.safetensors"
-STAGES = ("signs", "blocks", "perm", "hadamard", "dense")
+STAGES = ("signs", "blocks", "reflections", "perm", "hadamard", "dense")
 
 
 class SavedModelError(ValueError):
@@ -144,11 +145,18 @@ def _replace_folder(new: Path, path: Path) -> None:
 
 def _put_rotation(tensors: dict[str, torch.Tensor], key: str, rotation: Rotation) -> list:
     """Store a rotation's factors under ``key.rot<i>...``; returns the manifest entry
-    ``[size, [kind, extra], ...]`` (extra: the Hadamard order, or the number of blocks)."""
+    ``[size, [kind, extra], ...]`` (extra: the Hadamard order, the number of blocks, or the greedy
+    fit's block size, steps and seed)."""
     entry: list = [rotation.size]
     for i, (kind, value) in enumerate(rotation.stages):
         if kind == "hadamard":
             entry.append([kind, value])
+            continue
+        if kind == "reflections":
+            if value.scale is not None:  # GroupTransform keeps smoothing apart; only real layers fold it in
+                raise ValueError("a rotation with a folded input scale cannot be saved; save the simulated model")
+            tensors[f"{key}.rot{i}"] = value.pivots
+            entry.append([kind, {"block_size": value.block_size, "steps": value.steps, "seed": value.seed}])
             continue
         if kind == "blocks":
             for j, block in enumerate(value):
@@ -168,6 +176,9 @@ def _get_rotation(tensors: dict[str, torch.Tensor], key: str, entry: list | None
     for i, (kind, extra) in enumerate(stages):
         if kind == "hadamard":
             out.append((kind, extra))
+        elif kind == "reflections":
+            out.append((kind, Reflections(size, extra["block_size"], extra["steps"], extra["seed"],
+                                          tensors[f"{key}.rot{i}"])))
         elif kind == "blocks":
             out.append((kind, [tensors[f"{key}.rot{i}.{j}"] for j in range(extra)]))
         else:
@@ -378,6 +389,9 @@ def _rotation(path: Path, key: str, entry, tensors: dict, size: int, used: list)
                 used.append(f"{name}.{j}")
             if sum(widths) != size:
                 raise _fail(data, f"{name}.*", f"blocks cover {sum(widths)} channels, not {size}")
+        elif kind == "reflections":
+            _check_reflections(where, f"{field}[{i + 1}]", data, name, extra, tensors, size)
+            used.append(name)
         elif kind == "perm":
             perm = _tensor(tensors, data, name, torch.int64, (size,))
             if not torch.equal(perm.sort().values, torch.arange(size)):
@@ -392,6 +406,19 @@ def _rotation(path: Path, key: str, entry, tensors: dict, size: int, used: list)
             _tensor(tensors, data, name, torch.float64, (size, size))
             used.append(name)
     return _get_rotation(tensors, key, entry)
+
+
+def _check_reflections(where: Path, field: str, data: Path, name: str, extra, tensors: dict, size: int) -> None:
+    """A greedy block rotation's entry (block size, steps, seed) and its pivots (blocks, steps):
+    every pivot -1 (a step left out) or a channel of its block."""
+    if not (isinstance(extra, dict) and set(extra) == {"block_size", "steps", "seed"}
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in extra.values())
+            and 1 <= extra["block_size"] <= size and 0 <= extra["steps"] <= 4096 and extra["seed"] >= 0):
+        raise _fail(where, field, f"{extra!r} is not {{block_size, steps, seed}} of a {size}-wide layer")
+    widths = torch.tensor(block_sizes(size, extra["block_size"]))
+    pivots = _tensor(tensors, data, name, torch.int64, (len(widths), extra["steps"]))
+    if not bool(((pivots >= -1) & (pivots < widths[:, None])).all()):
+        raise _fail(data, name, "pivots outside their blocks (each is -1 or a channel of its block)")
 
 
 def _expected_keys(built: dict) -> set[str]:
