@@ -245,6 +245,36 @@ def bench_table(path: Path) -> str:
     return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-")) + (f"\n\n{lines}" if lines else "")
 
 
+def memory_table(path: Path) -> str:
+    """Per backend of a ``python -m trdq bench --memory-only`` run: weight bytes as built, at the
+    published depth, against bf16, and by dtype."""
+    report = json.loads(path.read_text())
+    m, spec = report["machine"], report["spec"]
+    changed = ", ".join(f"{k}={v}" for k, v in spec["overrides"].items())
+    groups = report["quantization"]["groups"]
+    head = (f"{report['model']}{f' ({changed})' if changed else ''}, trdq at {groups} time group"
+            f"{'s' if groups > 1 else ''}, rotation {report['quantization']['rotation']}, real integer backends in "
+            f"{spec['real_dtype']} outside the integer layers; weights after building, before any step (copies "
+            f"made lazily at the first call, such as fbgemm's packed weights, are not in them). {m['cpu']}"
+            f"{_cpu_class(m)}, torch {m['torch']}, {m['date'][:10]}.")
+    rows = []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            rows.append({"backend": r["backend"], "weights (MiB)": f"{r['status']}: see JSON"})
+            continue
+        depth, ratio = r.get("weight_bytes_at_depth"), r.get("vs_bf16") or {}
+        parts = {k: v for k, v in r["weight_bytes"].items() if k != "total"}
+        rows.append({
+            "backend": r["backend"], "execution": _execution(r),
+            f"weights, {depth['blocks'] if depth else '-'} blocks (MiB)": f"{r['weight_bytes']['total'] / 2**20:.1f}",
+            f"at {depth['depth'] if depth else '-'} blocks (MiB)": "-" if depth is None else f"{depth['total'] / 2**20:.1f}",
+            "bf16 / this": "-" if not ratio.get("weight_bytes_at_depth") else f"{1 / ratio['weight_bytes_at_depth']:.2f}x",
+            "by dtype, as built (MiB)": ", ".join(f"{k} {v / 2**20:.1f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])),
+        })
+    lines = "\n".join(f"- {line}" for line in verdicts(report))
+    return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-")) + (f"\n\n{lines}" if lines else "")
+
+
 def layer_timing_table(path: Path) -> str:
     """One row per layer shape and case of ``python -m trdq.bench.layer_timing``: microseconds per
     call replayed from a CUDA graph (kernels only) and eager (with the per-call CPU cost)."""
@@ -271,6 +301,8 @@ TABLES = {
     "bench-avx2": (RESULTS / "bench-pixart-xl-random-512-avx2.json", bench_table),
     "bench-avx2-hadamard": (RESULTS / "bench-pixart-xl-random-512-avx2-hadamard.json", bench_table),
     "layer-timing-cuda": (RESULTS / "layer-timing-cuda.json", layer_timing_table),
+    "memory": (RESULTS / "memory-pixart-xl-random-512.json", memory_table),
+    "memory-1group": (RESULTS / "memory-pixart-xl-random-512-1group.json", memory_table),
     "video-quality": (RESULTS / "shapes-t2v-fp.json", clip_quality_table),
     "video-quantized": (RESULTS / "shapes-t2v-sharing.json", clip_quality_table),
     "cfg-split": (RESULTS / "shapes-t2i-cfg-split.json", quantized_table),

@@ -414,3 +414,54 @@ def test_verdicts_say_faster_or_smaller_than_bf16_and_why():
     for r in report["results"]:
         r["vs_fp32"] = r["vs_bf16"]
     assert verdicts(report)[1].startswith("trdq-w8a8-real-per-group: 2.00x faster than fp32")
+
+
+def test_verdicts_of_an_untimed_run_speak_of_weights_at_the_published_depth():
+    from trdq.bench.report import _ratios, verdicts
+
+    def untimed(backend, weights, at_depth, execution="real integer", **extra):
+        r = _result(backend, None, weights, execution, weight_bytes_at_depth={"depth": 28, "total": at_depth}, **extra)
+        return dict(r, step_ms=None)
+
+    results = [untimed("bf16", 200, 1200, "full precision"),
+               untimed("trdq-w8a8-real-jit", 100, 600, deployment="jit", compact_rotations=True),
+               _result("trdq-w4a8-real-per-group", 100.0, 200, deployment="per-group", compact_rotations=False)]
+    for r in results:
+        r["vs_bf16"] = _ratios(r, results[0])
+    report = {"results": results, "machine": {"native_bf16": False}, "quantization": {"groups": 1, "rotation": "duquant"}}
+    lines = dict(line.split(": ", 1) for line in verdicts(report))
+    assert lines["trdq-w8a8-real-jit"].startswith("weights 2.00x smaller than bf16 at the published 28 blocks")
+    assert lines["trdq-w8a8-real-jit"].endswith("block rotations kept as reflections.")
+    assert "(1 group), dense block rotations" in lines["trdq-w4a8-real-per-group"]
+    assert "faster" not in lines["bf16"]  # nothing was timed: no word on speed
+    results[2]["step_ms"] = {"median": 100.0}
+    results[0]["step_ms"] = {"median": 100.0}
+    results[2]["vs_bf16"] = _ratios(results[2], results[0])
+    lines = dict(line.split(": ", 1) for line in verdicts(report))
+    assert lines["trdq-w4a8-real-per-group"].startswith("as fast as bf16 per step, weights the same size")
+
+
+def test_weights_extrapolated_to_more_blocks_equal_the_deeper_model_and_count_shared_factors_once():
+    """A jit model of 2 blocks extrapolated to 3 holds what the 3-block model holds: its rotation
+    signs are one copy per width, shared by every block."""
+    import trdq
+    from tests.conftest import build_tiny_pixart
+    from trdq.bench.measure import compact_rotations, weight_bytes, weight_bytes_at_depth
+    from trdq.config import QuantConfig, TimeGroups
+
+    config = QuantConfig(method="trdq", time_groups=TimeGroups(2), block_size=16, select_transforms=False)
+    real = {}
+    for layers in (2, 3):
+        fp = build_tiny_pixart(num_layers=layers)
+        q = trdq.quantize(fp, config, ["a red circle", "a blue square"], steps=2)
+        real[layers] = trdq.realize(q, deployment="jit", base=fp).pipe.transformer
+    assert weight_bytes_at_depth(real[3], 3)["total"] == weight_bytes(real[3])["total"]
+    extrapolated = weight_bytes_at_depth(real[2], 3)
+    assert extrapolated["blocks"] == 2 and extrapolated["total"] == weight_bytes(real[3])["total"]
+    # the signs are shared: counting every block's factors as its own would overstate the total
+    assert extrapolated["per_block"] < weight_bytes(real[2].transformer_blocks[1])["total"]
+    # per-group keeps dense blocks unless asked; the memory deployments keep reflections
+    assert compact_rotations(real[3]) is True
+    per_group = {c: trdq.realize(q, compact_rotations=c).pipe.transformer for c in (None, True)}
+    assert compact_rotations(per_group[None]) is False and compact_rotations(per_group[True]) is True
+    assert weight_bytes(per_group[True])["total"] < weight_bytes(per_group[None])["total"]

@@ -409,8 +409,7 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
             fp32 GEMMs over exact K chunks). Off the CPU, ``torch._int_mm`` runs.
         compact_rotations: keep DuQuant's block rotations as their greedy reflections and build
             the blocks at every call (a few bytes per channel instead of ``2 b`` floats per channel
-            and group; about a millisecond per layer call on a 2-core CPU) rather than as dense
-            blocks. None: dense for ``per-group`` (the fast deployment), compact for ``shared``
+            and group, for a few small batched products per call) rather than as dense blocks. None: dense for ``per-group`` (the fast deployment), compact for ``shared``
             and ``jit`` (the small ones).
 
     Returns:

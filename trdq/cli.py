@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deployment(s) of real backends without a suffix, a comma list of per-group, shared, jit")
     be.add_argument("--resolution", type=_integer(8), default=None,
                     help="image side in pixels for the random models (default 512; latent = px / 8)")
-    be.add_argument("--layers", type=_integer(1), default=None, help="a random model's block count (for smoke runs)")
+    be.add_argument("--layers", type=_integer(1), default=None,
+                    help="a random model's block count (smoke runs, or faster ones: weights are also "
+                         "extrapolated to the published depth; latencies are not)")
     be.add_argument("--frames", type=_integer(1), default=None, help="latte-random: frames per video (default 16)")
     be.add_argument("--batch", type=_integer(1), default=2, help="per-step batch (2: the CFG pair)")
     be.add_argument("--warmup", type=_integer(0), default=2)
@@ -174,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address-space cap of each worker beyond its size after imports "
                          "(default 90%% of the memory available when it starts; 0: none)")
     be.add_argument("--seed", type=_integer(0, SEED_LIMIT - 1), default=0)
+    be.add_argument("--compact-rotations", action=argparse.BooleanOptionalAction, default=None,
+                    help="real backends keep DuQuant's block rotations as their reflections and build the blocks "
+                         "at every call (default: per-group dense, shared and jit compact)")
+    be.add_argument("--memory-only", action="store_true",
+                    help="build each backend and record its weights and memory, without timing or profiling "
+                         "a step (minutes instead of an hour; weights of a random model run with --layers are "
+                         "also extrapolated to its published depth)")
     be.add_argument("--cache", type=Path, default=None,
                     help="folder to keep quantized fits in and reuse across runs (keyed by a hash of model, "
                          "config and trdq's source); default: a temporary folder under runs/bench-cache/, "
@@ -406,7 +415,8 @@ def cmd_bench(args) -> None:
                            device=args.device,
                            groups=args.groups, rotation=args.rotation, share_attention=args.share_attention,
                            real_dtype=args.real_dtype, compile=args.compile, seed=args.seed, overrides=overrides,
-                           mem_limit_gib=args.mem_limit_gib)
+                           mem_limit_gib=args.mem_limit_gib, timing=not args.memory_only,
+                           compact_rotations=args.compact_rotations)
     backends = bench.parse_backends(_items(args.backends or ",".join(bench.DEFAULT_BACKENDS)),
                                     _items(args.deployment))
     report = bench.run(spec, backends, cache=args.cache,

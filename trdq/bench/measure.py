@@ -26,6 +26,13 @@ WEIGHT_RULE = ("bytes of every distinct tensor storage the transformer holds aft
                "transforms, cached rotation matrices); a simulated layer's float weights_fq copies count, "
                "which is why the simulated path saves no memory; fbgemm's packed int8 weight copies (the "
                "int8 GEMM of CPUs without VNNI) count as fbgemm_packed")
+DEPTH_RULE = ("weight_bytes_at_depth: a random model run with fewer blocks than its published depth (--layers), "
+              "extrapolated to that depth: this run's weight bytes plus (published - run blocks) x the bytes "
+              "the last block adds beyond every storage the rest of the model holds. Exact for weights: every "
+              "block has the same layers and shapes, and a factor shared by all blocks of one width (a greedy "
+              "rotation's signs, a Hadamard's Kronecker factors) counts once (a run of one block cannot tell "
+              "those from the block's own and counts them in every block: run 2 or more). Latencies are not "
+              "extrapolated")
 MEMORY_RULE = ("resident set size of the backend's own worker process, from /proc/self/status: "
                "rss_baseline after imports; rss_model once built (FP sources freed, malloc trimmed); "
                "peak_rss = VmHWM over warm-up and timing (the high-water mark, reset once the model is "
@@ -60,14 +67,10 @@ def _tensors(value, depth: int = 0):
             yield from _tensors(getattr(value, f.name), depth + 1)
 
 
-def weight_bytes(module: nn.Module) -> dict[str, int]:
-    """Bytes per dtype of every distinct storage ``module`` holds (see :data:`WEIGHT_RULE`).
-
-    Returns:
-        ``{dtype name: bytes}`` plus ``"total"``.
-    """
-    seen, out = set(), {}
-    for m in module.modules():
+def _storages(modules, seen: set[int]) -> dict[str, int]:
+    """Bytes per dtype of the storages ``modules`` hold that are not in ``seen`` (which gains them)."""
+    out: dict[str, int] = {}
+    for m in modules:
         held = [*m._parameters.values(), *m._buffers.values(),
                 *(v for k, v in vars(m).items() if not k.startswith("_"))]
         for t in _tensors(held):
@@ -78,7 +81,39 @@ def weight_bytes(module: nn.Module) -> dict[str, int]:
                 out[name] = out.get(name, 0) + storage.nbytes()
         if packed := getattr(m, "prepared_bytes", lambda: 0)():  # fbgemm's own int8 copies (not tensors)
             out["fbgemm_packed"] = out.get("fbgemm_packed", 0) + packed
+    return out
+
+
+def weight_bytes(module: nn.Module) -> dict[str, int]:
+    """Bytes per dtype of every distinct storage ``module`` holds (see :data:`WEIGHT_RULE`).
+
+    Returns:
+        ``{dtype name: bytes}`` plus ``"total"``.
+    """
+    out = _storages(module.modules(), set())
     return {**dict(sorted(out.items())), "total": sum(out.values())}
+
+
+def weight_bytes_at_depth(module: nn.Module, depth: int) -> dict | None:
+    """The weight bytes ``module`` would hold with ``depth`` blocks in each of its block lists
+    (the ``nn.ModuleList`` children named ``*blocks``; see :data:`DEPTH_RULE`), or None without
+    block lists.
+
+    Returns:
+        ``{"blocks": run's blocks, "depth": depth, "per_block": bytes the last block adds,
+        "total": extrapolated bytes}``.
+    """
+    lists = [m for name, m in module.named_children() if isinstance(m, nn.ModuleList) and name.endswith("blocks")
+             and len(m)]
+    if not lists:
+        return None
+    last = {id(m) for blocks in lists for m in blocks[-1].modules()}
+    seen: set[int] = set()
+    _storages((m for m in module.modules() if id(m) not in last), seen)  # everything but the last blocks
+    per_block = sum(_storages((m for blocks in lists for m in blocks[-1].modules()), seen).values())
+    run = len(lists[0])
+    return {"blocks": run, "depth": depth, "per_block": per_block,
+            "total": weight_bytes(module)["total"] + (depth - run) * per_block}
 
 
 def proc_bytes(path: str, key: str) -> int | None:
@@ -313,6 +348,15 @@ def int8_gemms(transformer: nn.Module) -> str | None:
     return "+".join(names) or None
 
 
+def compact_rotations(transformer: nn.Module) -> bool | None:
+    """Whether trdq's real layers of ``transformer`` keep their block rotations as reflections
+    (None without such layers)."""
+    from trdq.layers import IntLinear
+
+    kinds = {m.compact_rotations for m in transformer.modules() if isinstance(m, IntLinear)}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> dict:
     """Build ``backend``'s model in this process (a quantized one from ``fitted``), move it to
     ``spec.device`` and measure it (see :mod:`trdq.bench`).
@@ -344,17 +388,21 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
     timestep = mid_timestep(built)
     inputs = step_inputs(built.transformer, built.latent, built.text_tokens, spec.batch, timestep, spec.seed,
                          spec.device)
-    log.info("%s (%s) on %s: built in %.1f s; %d warm-up + %d timed steps", backend.name, execution,
-             spec.device, build_s, spec.warmup, spec.num_repeats)
-    timings = _timings(spec, built, inputs, execution)
+    log.info("%s (%s) on %s: built in %.1f s; %s", backend.name, execution, spec.device, build_s,
+             f"{spec.warmup} warm-up + {spec.num_repeats} timed steps" if spec.timing else "not timed")
+    timings = (_timings(spec, built, inputs, execution) if spec.timing else
+               {"step_ms": None, "e2e_s_per_image": None, "profile": None, "online_transforms": None, "sharing": None})
     latent = inputs["hidden_states"]  # (B, C, H, W) or (B, C, F, H, W)
+    depth = spec.published_depth
     return {
         "backend": backend.name, "execution": execution, "bits": backend.bits, "device": spec.device,
         "dtype": spec.real_dtype if execution == REAL else backend.dtype, "compiled": built.compiled,
         "compile_s": built.compile_s, "library": built.library, "quantized_layers": built.quantized_layers,
         "note": built.note, "deployment": backend.deployment, "gemm": int8_gemms(built.transformer),
+        "compact_rotations": compact_rotations(built.transformer),
         "status": "ok", **timings,
         "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),
+        "weight_bytes_at_depth": None if depth is None else weight_bytes_at_depth(built.transformer, depth),
         "fit_seconds": None if fitted is None else fitted.fit_seconds,
         "rss_baseline_mib": mib(baseline), "rss_model_mib": mib(rss_model),
         "peak_rss_mib": mib(proc_bytes("/proc/self/status", "VmHWM")) if reset else None,

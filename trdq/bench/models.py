@@ -33,7 +33,7 @@ from trdq.bench.spec import (
 # spec fields that change neither the FP weights nor the fit: a fit made with other values is reused
 # (fits are made on the CPU whatever the device)
 TIMING_ONLY = ("warmup", "repeats", "e2e_repeats", "threads", "device", "mem_limit_gib", "real_dtype",
-               "compile", "share_attention")
+               "compile", "share_attention", "timing", "compact_rotations")
 
 
 @dataclass
@@ -244,7 +244,7 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
     built.model = built.transformer = None
     if backend.execution == REAL:
         q = trdq.realize(q, deployment=backend.deployment, base=base, dtype=getattr(torch, spec.real_dtype),
-                         compile=spec.compile)
+                         compile=spec.compile, compact_rotations=spec.compact_rotations)
     transformer = q.pipe.transformer if hasattr(q, "pipe") else q
     built = dataclasses.replace(built, model=q, transformer=transformer,
                                 compiled=spec.compile and backend.execution == REAL)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from trdq.bench.measure import MEMORY_RULE, WEIGHT_RULE, proc_bytes
+from trdq.bench.measure import DEPTH_RULE, MEMORY_RULE, WEIGHT_RULE, proc_bytes
 from trdq.bench.spec import BENCH_ALPHA, MIB, BenchSpec
 from trdq.cpu import cpu_info
 
@@ -77,9 +77,10 @@ def _ratios(result: dict, base: dict | None) -> dict | None:
         a, b = get(result), get(base)
         return None if a is None or not b else a / b
 
-    return {"step": ratio(lambda r: r["step_ms"]["median"]),
+    return {"step": ratio(lambda r: r["step_ms"] and r["step_ms"]["median"]),
             "e2e": ratio(lambda r: r["e2e_s_per_image"] and r["e2e_s_per_image"]["median"]),
             "weight_bytes": ratio(lambda r: r["weight_bytes"]["total"]),
+            "weight_bytes_at_depth": ratio(lambda r: (r.get("weight_bytes_at_depth") or {}).get("total")),
             "peak_rss": ratio(lambda r: r["peak_rss_mib"]),
             "peak_cuda": ratio(lambda r: r.get("peak_cuda_mib"))}
 
@@ -106,7 +107,9 @@ def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: di
                          "rotation": spec.rotation, "select_transforms": False},
         "calibration": spec.calibration_note(),
         "fitting": {"note": FITTING_NOTE, **fitting},
-        "rules": {"weight_bytes": WEIGHT_RULE, "memory": MEMORY_RULE, "ratios": RATIO_RULE, "peers": PEER_RULE},
+        "timing": spec.timing or "not timed: weights and memory only (--memory-only)",
+        "rules": {"weight_bytes": WEIGHT_RULE, "weight_bytes_at_depth": DEPTH_RULE, "memory": MEMORY_RULE,
+                  "ratios": RATIO_RULE, "peers": PEER_RULE},
         "machine": machine(spec.num_threads, spec.device), "results": results,
     }
 
@@ -115,12 +118,14 @@ def summary(result: dict) -> str:
     """One log line for a backend's result."""
     if result["status"] != "ok":
         return f"{result['backend']}: {result['status']}: {result['error']}"
-    step, e2e = result["step_ms"], result["e2e_s_per_image"]
+    step, e2e, depth = result["step_ms"], result["e2e_s_per_image"], result.get("weight_bytes_at_depth")
     how = ", ".join(filter(None, [result["execution"], result.get("library"),
                                   "compiled" if result.get("compiled") else None]))
-    return (f"{result['backend']} ({how}): step {step['median']:.1f} ms "
-            f"(min {step['min']:.1f})" + (f", {e2e['median']:.2f} s/image" if e2e else "")
+    return (f"{result['backend']} ({how}): "
+            + ("not timed" if step is None else f"step {step['median']:.1f} ms (min {step['min']:.1f})")
+            + (f", {e2e['median']:.2f} s/image" if e2e else "")
             + f", weights {result['weight_bytes']['total'] / MIB:.1f} MiB"
+            + (f" ({depth['total'] / MIB:.1f} MiB at {depth['depth']} blocks)" if depth else "")
             + f", peak RSS {result['peak_rss_mib']} MiB"
             + ("" if result.get("peak_cuda_mib") is None else f", peak CUDA {result['peak_cuda_mib']} MiB"))
 
@@ -154,26 +159,35 @@ def verdicts(report: dict, base: str | None = None) -> list[str]:
                           if k in names and v >= 0.10)
         step = f"its step: {parts}" if parts else ""
         if r["backend"] == base:
-            cpu = "" if native is None or native or base != "bf16" else (
+            cpu = "" if native is None or native or base != "bf16" or r["step_ms"] is None else (
                 ", without native bf16 kernels on this CPU: the other backends run no bf16 GEMMs, which "
                 "is most of why they are faster here")
             lines.append(f"{base}: the reference{cpu}" + (f"; {step}" if step else "") + ".")
             continue
         ratio = r[f"vs_{base}"]
-        speed = (f"{1 / ratio['step']:.2f}x faster" if ratio["step"] < 0.98 else
-                 f"{ratio['step']:.2f}x slower" if ratio["step"] > 1.02 else "as fast")
-        weights = ratio["weight_bytes"]
+        speed = (None if ratio["step"] is None else f"{1 / ratio['step']:.2f}x faster than" if ratio["step"] < 0.98
+                 else f"{ratio['step']:.2f}x slower than" if ratio["step"] > 1.02 else "as fast as")
+        at_depth = ratio.get("weight_bytes_at_depth")
+        weights = at_depth or ratio["weight_bytes"]
         size = (f"weights {1 / weights:.2f}x smaller" if weights < 0.98 else
                 f"weights {weights:.2f}x larger" if weights > 1.02 else "weights the same size")
+        if not speed:  # the comparison is carried by the weights alone
+            size += f" {'as' if size.endswith('size') else 'than'} {base}"
+        if at_depth:
+            size += f" at the published {r['weight_bytes_at_depth']['depth']} blocks"
         why = [step] if step else []
         groups = report.get("quantization", {}).get("groups", 1)
         if r.get("deployment") in _WEIGHTS and r.get("execution") == "real integer":
-            why.append(f"{_WEIGHTS[r['deployment']]}" + (f" ({groups} groups)" if r["deployment"] == "per-group" else ""))
+            why.append(f"{_WEIGHTS[r['deployment']]}"
+                       + (f" ({groups} group{'s' if groups != 1 else ''})" if r["deployment"] == "per-group" else "")
+                       + {True: ", block rotations kept as reflections", False: ", dense block rotations"}.get(
+                           r.get("compact_rotations") if report["quantization"].get("rotation") == "duquant" else None, ""))
         if r["weight_bytes"].get("fbgemm_packed"):
             why.append("fbgemm keeps its own packed copy of the weights")
         if r.get("execution") == "simulated":
             why.append("simulated: fake-quantized float weights, for accuracy studies, not speed")
-        lines.append(f"{r['backend']}: {speed} than {base} per step, {size}" + (f"; {'; '.join(why)}" if why else "") + ".")
+        lines.append(f"{r['backend']}: " + (f"{speed} {base} per step, " if speed else "") + size
+                     + (f"; {'; '.join(why)}" if why else "") + ".")
     return lines
 
 

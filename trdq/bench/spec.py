@@ -150,7 +150,13 @@ class BenchSpec:
         share_attention: also time each step with Attention-Sharing in the layers this rule picks
             (:meth:`trdq.attention.ShareRule.parse`: ``2`` layers, ``"0.9"`` cosine, ``"25%"`` of
             the uncond score compute); None or 0: not measured.
-        overrides: config overrides of a random model's transformer (e.g. ``{"num_layers": 2}``).
+        overrides: config overrides of a random model's transformer (e.g. ``{"num_layers": 2}``;
+            with fewer blocks than published, weights are also extrapolated to the published depth,
+            :func:`trdq.bench.measure.weight_bytes_at_depth`).
+        timing: time and profile the steps; False: build each backend and record its weights and
+            memory only (a memory report in minutes, on any CPU).
+        compact_rotations: real backends keep DuQuant's block rotations as reflections
+            (:func:`trdq.realize`'s ``compact_rotations``; None: per the deployment).
         mem_limit_gib: address-space cap of a worker beyond its size after imports (None: 90% of
             the memory available when it starts; 0: none), so that a backend too big for the
             machine fails with an error instead of waking the kernel's OOM killer. On cuda no cap
@@ -173,6 +179,8 @@ class BenchSpec:
     share_attention: int | str | None = None
     seed: int = 0
     overrides: dict = field(default_factory=dict)
+    timing: bool = True
+    compact_rotations: bool | None = None
     mem_limit_gib: float | None = None
 
     def __post_init__(self):
@@ -220,6 +228,14 @@ class BenchSpec:
     @property
     def bare(self) -> bool:
         return self.model in RANDOM_MODELS
+
+    @property
+    def published_depth(self) -> int | None:
+        """A random model's published block count when this run builds fewer (``--layers``), else None."""
+        if not self.bare:
+            return None
+        depth = RANDOM_MODELS[self.model].config["num_layers"]
+        return depth if self.overrides.get("num_layers", depth) < depth else None
 
     @property
     def num_repeats(self) -> int:
