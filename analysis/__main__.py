@@ -1,4 +1,4 @@
-"""``python -m analysis outliers|readme|report|similarity|app-timing|screenshots|examples``."""
+"""``python -m analysis outliers|readme|report|similarity|app-timing|screenshots|examples|checkpoints``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     examples = sub.add_parser("examples", help="precompute the app's first answers into assets/examples")
     examples.add_argument("--model", default="shapes-t2i,shapes-t2v", help="comma list of embedded models")
     examples.add_argument("--out", type=Path, default=None, help="default: assets/examples")
+    ckpt = sub.add_parser("checkpoints", help="stand-alone quantized folders: size against bf16, memory to load")
+    ckpt.add_argument("--model", default="pixart-xl-random")
+    ckpt.add_argument("--layers", type=int, default=None, help="a random model's block count (default: published)")
+    ckpt.add_argument("--bits", default="w8a8,w4a8")
+    ckpt.add_argument("--groups", type=int, default=1)
+    ckpt.add_argument("--json", type=Path, required=True)
     shots = sub.add_parser("screenshots", help="screenshot every tab of the app in headless chromium")
     shots.add_argument("--out", type=Path, default=Path("assets/screenshots"))
     args = parser.parse_args(argv)
@@ -70,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.app_timing import measure
 
         write_json(measure(args.threads), args.json)
+        log.info("wrote %s", args.json)
+    elif args.command == "checkpoints":
+        from analysis.checkpoints import measure
+
+        write_json(measure(args.model, args.layers, tuple(b.strip() for b in args.bits.split(",")), args.groups),
+                   args.json)
         log.info("wrote %s", args.json)
     elif args.command == "screenshots":
         from analysis.screenshots import take

@@ -275,6 +275,28 @@ def memory_table(path: Path) -> str:
     return head + "\n\n" + _markdown(pd.DataFrame(rows).fillna("-")) + (f"\n\n{lines}" if lines else "")
 
 
+def checkpoint_table(path: Path) -> str:
+    """Per bit width of ``python -m analysis checkpoints``: folder size against the bf16
+    transformer's safetensors, and the memory a fresh process takes to load it."""
+    report = json.loads(path.read_text())
+    m = report["machine"]
+    head = (f"{report['model']}, {report['blocks']} blocks, {report['groups']} time group"
+            f"{'s' if report['groups'] != 1 else ''}; bf16 transformer safetensors "
+            f"{report['bf16_safetensors_bytes'] / 2**20:.1f} MiB. {m['cpu']}{_cpu_class(m)}, torch {m['torch']}, "
+            f"{m['date'][:10]}.")
+
+    def load(r: dict, key: str) -> str:
+        v = r[key]
+        return "-" if v["load_peak_above_imports"] is None else (
+            f"{v['load_peak_above_imports'] / 2**20:.1f} MiB ({v['vs_folder']:.2f}x)")
+
+    rows = [{"bits": r["bits"], "folder (MiB)": f"{r['folder_bytes'] / 2**20:.1f}",
+             "folder / bf16": f"{r['vs_bf16_safetensors']:.2f}x",
+             "load, simulated (x folder)": load(r, "load_simulated"),
+             "load, real integer (x folder)": load(r, "load_real")} for r in report["rows"]]
+    return head + "\n\n" + _markdown(pd.DataFrame(rows))
+
+
 def layer_timing_table(path: Path) -> str:
     """One row per layer shape and case of ``python -m trdq.bench.layer_timing``: microseconds per
     call replayed from a CUDA graph (kernels only) and eager (with the per-call CPU cost)."""
@@ -300,9 +322,12 @@ TABLES = {
     "bench-avx2-peers": (RESULTS / "bench-pixart-xl-random-512-avx2-peers.json", bench_table),
     "bench-avx2": (RESULTS / "bench-pixart-xl-random-512-avx2.json", bench_table),
     "bench-avx2-hadamard": (RESULTS / "bench-pixart-xl-random-512-avx2-hadamard.json", bench_table),
+    "bench-avx2-jit": (RESULTS / "bench-pixart-xl-random-512-avx2-jit.json", bench_table),
     "layer-timing-cuda": (RESULTS / "layer-timing-cuda.json", layer_timing_table),
     "memory": (RESULTS / "memory-pixart-xl-random-512.json", memory_table),
     "memory-1group": (RESULTS / "memory-pixart-xl-random-512-1group.json", memory_table),
+    "checkpoints": (RESULTS / "checkpoints-pixart-xl-random.json", checkpoint_table),
+    "checkpoints-shapes": (RESULTS / "checkpoints-shapes-t2i.json", checkpoint_table),
     "video-quality": (RESULTS / "shapes-t2v-fp.json", clip_quality_table),
     "video-quantized": (RESULTS / "shapes-t2v-sharing.json", clip_quality_table),
     "cfg-split": (RESULTS / "shapes-t2i-cfg-split.json", quantized_table),

@@ -203,14 +203,16 @@ def test_quantize_writes_a_folder_that_generate_samples_like_the_library(tmp_pat
     out = tmp_path / "q"
     assert main(["quantize", "--method", "trdq", "--bits", "w4a8", "--groups", "2", "--calib-prompts", "2",
                  "--steps", "2", "--out", str(out)]) == 0
-    assert (out / "manifest.json").is_file() and "generate from it with" in caplog.text
-    image = tmp_path / "q.png"
-    assert main(["generate", "--model", str(out), "--prompt", "a small red circle on the left", "--steps", "2",
-                 "--out", str(image)]) == 0
-    loaded = trdq.load(out, base="shapes-t2i")
+    assert (out / "transformer" / "config.json").is_file() and "generate from it with" in caplog.text
+    loaded = trdq.from_pretrained(out)  # stand-alone: no full-precision model named or loaded
     assert loaded.quant.config.bits == "w4a8" and loaded.quant.config.time_groups.num_groups == 2
-    expected = trdq.generate(loaded, ["a small red circle on the left"], [0], steps=2)[0]
-    assert np.array_equal(np.asarray(Image.open(image)), expected)
+    for real in (False, True):
+        image = tmp_path / f"q{real}.png"
+        assert main(["generate", "--model", str(out), "--prompt", "a small red circle on the left", "--steps", "2",
+                     "--out", str(image), *(["--real"] if real else [])]) == 0
+        model = trdq.realize(loaded, compact_rotations=True) if real else loaded  # as from_pretrained builds it
+        expected = trdq.generate(model, ["a small red circle on the left"], [0], steps=2)[0]
+        assert np.array_equal(np.asarray(Image.open(image)), expected)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -229,7 +231,7 @@ def test_quantize_refuses_a_folder_it_did_not_write_before_calibrating(tmp_path,
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     assert main(["quantize", "--out", str(tmp_path / "notes")]) == 2
-    assert "is not a trdq save" in caplog.text and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    assert "is not a trdq quantized folder" in caplog.text and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
 def test_a_model_outside_the_embedded_grammars_needs_calibration_captions(tmp_path, shapes_t2i, caplog):
@@ -239,9 +241,11 @@ def test_a_model_outside_the_embedded_grammars_needs_calibration_captions(tmp_pa
 
 
 @pytest.mark.slow
-def test_generate_names_the_base_a_quantized_folder_needs(tmp_path, caplog):
+def test_generate_names_the_base_a_folder_of_the_earlier_format_needs(tmp_path, caplog, shapes_t2i):
+    import trdq
+
     out = tmp_path / "q"
-    assert main(["quantize", "--method", "rtn", "--calib-prompts", "1", "--steps", "2", "--out", str(out)]) == 0
+    trdq.save(trdq.quantize(shapes_t2i, trdq.QuantConfig(method="rtn"), ["a small red circle"], steps=2), out)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["base_model"] = "someone/pixart"
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -251,3 +255,6 @@ def test_generate_names_the_base_a_quantized_folder_needs(tmp_path, caplog):
     assert main(["generate", "--model", "shapes-t2i", "--base", "shapes-t2i", "--prompt", "a small red circle on the left",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "--base is for a quantized folder" in caplog.text
+    assert main(["generate", "--model", "shapes-t2i", "--real", "--prompt", "a small red circle on the left",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "--real is for a quantized folder" in caplog.text

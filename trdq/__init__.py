@@ -4,7 +4,8 @@
     fp = trdq.load_model("shapes-t2i")
     q = trdq.quantize(fp, trdq.QuantConfig(method="trdq", w_bits=4, a_bits=8,
                                            time_groups=trdq.TimeGroups(4)), prompts)
-    trdq.save(q, "out/q"); q2 = trdq.load("out/q", base=fp)
+    trdq.save_pretrained(q, "out/q")  # stand-alone: loads without the FP weights
+    q2 = trdq.from_pretrained("out/q", execution="real integer")
 
 ``trdq.quantize`` gives a simulated (fake quant) model; ``trdq.realize`` turns it into real integer
 execution (int8 GEMMs, packed 4-bit weights). Results say which.
@@ -22,10 +23,12 @@ from trdq.api import calibrate, calibrating, convert, prepare, quantize, realize
 from trdq.config import QuantConfig, TimeGroups  # noqa: E402
 from trdq.models.adapters import UnsupportedArchitectureError  # noqa: E402
 from trdq.models.loader import LoadedModel, ModelSettings, load_model  # noqa: E402
+from trdq.pretrained import from_pretrained, save_pretrained  # noqa: E402
 from trdq.sampling import generate  # noqa: E402
 from trdq.serialization import load, save  # noqa: E402
 
 __all__ = [
-    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate", "calibrating", "convert", "generate",
-    "load", "load_model", "prepare", "quantize", "realize", "save",
+    "LoadedModel", "ModelSettings", "QuantConfig", "TimeGroups", "UnsupportedArchitectureError", "calibrate",
+    "calibrating", "convert", "from_pretrained", "generate", "load", "load_model", "prepare", "quantize", "realize",
+    "save", "save_pretrained",
 ]

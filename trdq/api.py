@@ -458,15 +458,27 @@ def _realize_transformer(source: nn.Module, deployment: str, fp: nn.Module | Non
     for name, m in list(transformer.named_modules()):
         if isinstance(m, QuantLinear):
             m.state = state
-            w_bits = info.config.w_bits
-            layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32, compact_rotations)
-                     if deployment == "per-group" else
-                     SharedIntLinear.from_weight(m, fp.get_submodule(name).weight, w_bits, dtype or torch.float32,
-                                                 keep_active=deployment == "shared",
-                                                 compact_rotations=compact_rotations))
-            layer.compiled = compile
-            layer.use_gemm(gemm or cpu.int8_gemm(w_bits))
-            replace_module(transformer, name, layer)
+            weight = None if deployment == "per-group" else fp.get_submodule(name).weight
+            replace_module(transformer, name, integer_layer(m, info.config.w_bits, deployment, weight, dtype,
+                                                            compile, gemm, compact_rotations))
+    return finish_real(transformer, state, info, dtype)
+
+
+def integer_layer(m: QuantLinear, w_bits: int, deployment: str = "per-group", weight: torch.Tensor | None = None,
+                  dtype: torch.dtype | None = None, compile: bool = False, gemm: str | None = None,
+                  compact_rotations: bool | None = None) -> IntLinear:
+    """The real integer layer of simulated layer ``m`` (see :func:`realize`; ``weight``: its
+    full-precision weight, for ``shared`` and ``jit``)."""
+    layer = (IntLinear.from_quant(m, w_bits, dtype or torch.float32, compact_rotations) if deployment == "per-group"
+             else SharedIntLinear.from_weight(m, weight, w_bits, dtype or torch.float32,
+                                              keep_active=deployment == "shared", compact_rotations=compact_rotations))
+    layer.compiled = compile
+    return layer.use_gemm(gemm or cpu.int8_gemm(w_bits))
+
+
+def finish_real(transformer: nn.Module, state: GroupState, info: QuantInfo, dtype: torch.dtype | None) -> nn.Module:
+    """Label ``transformer``, whose quantized layers are now integer layers sharing ``state``, as
+    real integer, track its time groups, and cast its float parts to ``dtype`` (None: as they are)."""
     track_quantized(transformer, state, dataclasses.replace(info, execution=IntLinear.execution))
     if dtype is not None:
         _float_parts_to(transformer, dtype)

@@ -66,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate one image (or clip, for a video model) from a prompt")
     _add_model_args(gen)
     gen.add_argument("--base", default=None,
-                     help="with --model a folder written by `python -m trdq quantize`: the full-precision "
-                          "model it was made from (default: the embedded model its manifest names)")
+                     help="with --model a folder written by trdq.save (the earlier format, which needs its "
+                          "full-precision model): that model (default: the embedded model its manifest names)")
+    gen.add_argument("--real", action="store_true",
+                     help="with --model a quantized folder: run it as real integer layers (default: simulated)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--out", type=Path, default=None,
                      help="image file (default out.png); for a video model a .gif (default out.gif) or a "
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--calib-prompts", type=_integer(1), default=16,
                     help="calibration prompts drawn when no --prompts-file is given")
     qu.add_argument("--out", type=Path, required=True,
-                    help="folder to write (a new one, or an earlier trdq save, which is replaced)")
+                    help="folder to write, a diffusers pipeline folder that loads without the full-precision "
+                         "weights (a new one, or an earlier quantized folder, which is replaced)")
 
     ev = sub.add_parser("eval", help="score prompt adherence and shapes_fd, write JSON records")
     _add_model_args(ev)
@@ -196,30 +199,40 @@ def calibration_captions(caption_world, args) -> list[str]:
     return [s.caption for s in caption_world.sample_scenes(args.calib_prompts, seed=args.seed + 7919)]
 
 
-def load_any(model: str, base: str | None = None):
-    """A model by name or folder, or a quantized folder written by ``trdq.save`` on ``base`` (by
-    default the embedded model its manifest names; any other base must be named, since loading
-    it is trusting the folder)."""
+def load_any(model: str, base: str | None = None, real: bool = False):
+    """A model by name or folder; a quantized folder written by ``trdq.save_pretrained`` (simulated,
+    or real integer if ``real``); or one written by ``trdq.save`` on ``base`` (by default the
+    embedded model its manifest names; any other base must be named, since loading it is
+    trusting the folder)."""
+    from trdq.api import realize
     from trdq.models.loader import EMBEDDED, load_model
+    from trdq.pretrained import from_pretrained, is_quantized_folder
     from trdq.serialization import load, saved_base
 
+    if is_quantized_folder(model):
+        if base is not None:
+            raise ValueError(f"{model} holds everything it needs; --base is for folders written by trdq.save")
+        return from_pretrained(model, execution="real integer" if real else "simulated")
     named = saved_base(model)
     if named is None:
         if base is not None:
-            raise ValueError(f"--base is for a quantized folder (written by `python -m trdq quantize`); "
-                             f"{model} is not one")
+            raise ValueError(f"--base is for a quantized folder (written by trdq.save); {model} is not one")
+        if real:
+            raise ValueError(f"--real is for a quantized folder (written by `python -m trdq quantize`); {model} is "
+                             "not one")
         return load_model(model)
     if base is None and named not in EMBEDDED:
         raise ValueError(f"{model} was quantized from {named!r}; pass --base with that model (a local folder "
                          "or hub id) to load it")
-    return load(model, base=base or named)
+    quantized = load(model, base=base or named)
+    return realize(quantized) if real else quantized
 
 
 def cmd_generate(args) -> None:
     from trdq.sampling import generate, is_video
     from trdq.worlds import WORLDS
 
-    model = load_any(args.model, args.base)
+    model = load_any(args.model, args.base, args.real)
     video = is_video(model.pipe)
     out = args.out or Path("out.gif" if video else "out.png")
     suffixes = (".gif", ".png") if video else (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -315,7 +328,7 @@ def cmd_quantize(args) -> None:
     from trdq.api import calibrate, convert, prepare
     from trdq.eval.runner import read_captions
     from trdq.models.loader import load_model
-    from trdq.serialization import check_destination, save
+    from trdq.pretrained import check_destination, save_pretrained
     from trdq.worlds import WORLDS
 
     check_destination(args.out)  # now, not after the calibration
@@ -340,8 +353,8 @@ def cmd_quantize(args) -> None:
     log.info("fitting %s %s to the statistics of %d layers", config.method, config.bits, len(prepared.layers))
     qmodel = convert(prepared)
     log.info("quantized %s with %s %s in %.1f s", model.name, config.method, config.bits, time.perf_counter() - t0)
-    path = save(qmodel, args.out)
-    size = sum(f.stat().st_size for f in path.iterdir())
+    path = save_pretrained(qmodel, args.out)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     log.info("wrote %s (%.1f MiB); generate from it with: python -m trdq generate --model %s --prompt ...",
              path, size / 2**20, path)
 

@@ -15,7 +15,6 @@ All matrices are float64 and orthogonal: ``x @ R`` rotates activations (tokens, 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -310,7 +309,10 @@ def _compact_reflections(r: Reflections, dtype: torch.dtype, device) -> tuple:
     n_full = r.size // min(r.block_size, r.size)
     signs = _online_signs(r.size, r.block_size, r.steps, r.seed, torch.device(device))
     scale = None if r.scale is None else r.scale.to(dtype=dtype, device=device)
-    rest = [blk.to(dtype=dtype, device=device) for blk in dataclasses.replace(r, scale=None).blocks()[n_full:]]
+    rest = []
+    if r.size % min(r.block_size, r.size):  # the remainder block, dense: the last width's reflections
+        u, w = wy_factors(r.vectors()[-1])
+        rest = [(torch.eye(u.shape[-1], dtype=DTYPE) - u[0].T @ w[0]).to(dtype=dtype, device=device)]
     return signs, r.pivots[:n_full].to(dtype=torch.int16, device=device), scale, rest
 
 

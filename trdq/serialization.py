@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from trdq import kernels
 from trdq.api import Model, QuantInfo, quant_info, replace_module, rewrap, track_quantized, transformer_of
 from trdq.config import QuantConfig
 from trdq.fingerprint import mismatch
@@ -224,7 +225,7 @@ def load(path: str | Path, base: Model | str | None = None) -> Model:
     thresholds = _thresholds(where, manifest["thresholds"])
     tensors = _read_tensors(path / TENSORS)
     index = GroupIndex(thresholds)
-    built = {name: _layer(path, name, meta, tensors, fp, config, index.num_groups)
+    built = {name: _layer((path / MANIFEST, path / TENSORS), name, meta, tensors, fp, config, index.num_groups)
              for name, meta in _layers(where, manifest["layers"]).items()}
     if unused := sorted(set(tensors) - _expected_keys(built)):
         raise SavedModelError(f"{path / TENSORS}: {unused[0]}: a tensor no layer of the manifest uses "
@@ -317,11 +318,12 @@ def _tensor(tensors: dict, where: Path, key: str, dtype: torch.dtype, shape: tup
     return t
 
 
-def _layer(path: Path, name: str, meta: dict, tensors: dict, fp: nn.Module, config: QuantConfig,
+def _layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, fp: nn.Module, config: QuantConfig,
            num_groups: int) -> tuple:
-    """One layer's QuantLinear arguments, checked against the base's linear layer ``name``; the
-    last item lists the tensor keys it used."""
-    where, data = path / MANIFEST, path / TENSORS
+    """One layer's QuantLinear arguments, checked against the base's linear layer ``name`` (``files``:
+    the JSON and the tensor file, for the messages); the last item lists the tensor keys it used.
+    Codes of 4 bits or fewer may be stored packed two per byte (uint8, half the input width)."""
+    where, data = files
     try:
         linear = fp.get_submodule(name)
     except AttributeError:
@@ -336,7 +338,12 @@ def _layer(path: Path, name: str, meta: dict, tensors: dict, fp: nn.Module, conf
     if gs is not None and c_in % gs:
         raise _fail(where, "config.w_group_size", f"{gs} does not divide {name}'s {c_in} input channels")
     code_shape = (num_groups, c_out, c_in) if gs is None else (num_groups, c_out, c_in // gs, gs)
-    codes = _tensor(tensors, data, f"{name}.w_codes", torch.int8, code_shape)
+    stored = tensors.get(f"{name}.w_codes")
+    if stored is not None and stored.dtype == torch.uint8 and config.w_bits <= 4 and gs is None and c_in % 2 == 0:
+        codes = kernels.unpack_int4(_tensor(tensors, data, f"{name}.w_codes", torch.uint8,
+                                            (num_groups, c_out, c_in // 2)))
+    else:
+        codes = _tensor(tensors, data, f"{name}.w_codes", torch.int8, code_shape)
     q = 2 ** (config.w_bits - 1) - 1
     if int(codes.abs().max()) > q:
         raise _fail(data, f"{name}.w_codes", f"codes outside -{q}..{q}, the {config.w_bits}-bit grid")
@@ -354,17 +361,17 @@ def _layer(path: Path, name: str, meta: dict, tensors: dict, fp: nn.Module, conf
         if f"{name}.{g}.delta" in tensors:
             delta = _tensor(tensors, data, f"{name}.{g}.delta", torch.float64, (c_in,), positive=True)
             used.append(f"{name}.{g}.delta")
-        rotation = _rotation(path, f"{name}.{g}", entry, tensors, c_in, used)
+        rotation = _rotation(files, f"{name}.{g}", entry, tensors, c_in, used)
         transforms.append(GroupTransform(delta=delta, alpha=alpha, rotation=rotation))
     return codes, scale, bias, transforms, meta["a_bits"], meta["a_symmetric"], used
 
 
-def _rotation(path: Path, key: str, entry, tensors: dict, size: int, used: list) -> Rotation | None:
+def _rotation(files: tuple[Path, Path], key: str, entry, tensors: dict, size: int, used: list) -> Rotation | None:
     """A rotation entry checked against the layer width ``size``: known stages, factors of the
     right shape and dtype, permutations that are permutations, a Hadamard of the layer's order."""
     if entry is None:
         return None
-    where, data = path / MANIFEST, path / TENSORS
+    where, data = files
     field = f"layers.{key.rsplit('.', 1)[0]}.rotations[{key.rsplit('.', 1)[1]}]"
     if not isinstance(entry, list) or not entry or entry[0] != size:
         raise _fail(where, field, f"must start with the layer's width {size}")

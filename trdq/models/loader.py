@@ -88,13 +88,14 @@ def resolve(model: str) -> str:
 
 
 def load_model(model: str = "shapes-t2i", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
+               dtype: torch.dtype = torch.float32, **components) -> LoadedModel:
     """Load a diffusers pipeline by embedded name, local folder or hub id.
 
     Args:
         model: ``"shapes-t2i"``, a folder holding ``model_index.json``, or a hub id.
         device: where to put the pipeline.
         dtype: parameter dtype.
+        components: pipeline components given rather than loaded (e.g. ``transformer=...``).
 
     Returns:
         The pipeline with its sampling defaults.
@@ -104,7 +105,7 @@ def load_model(model: str = "shapes-t2i", device: str | torch.device = "cpu",
     diffusers_logging.disable_progress_bar()  # loading bars would drown the tool's own progress
     transformers_logging.disable_progress_bar()
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local, **components)
     except OSError as err:
         raise OSError(
             f"could not load {model!r}: {err}. A hub id needs the network or a copy in the local "
