@@ -465,3 +465,21 @@ def test_weights_extrapolated_to_more_blocks_equal_the_deeper_model_and_count_sh
     per_group = {c: trdq.realize(q, compact_rotations=c).pipe.transformer for c in (None, True)}
     assert compact_rotations(per_group[None]) is False and compact_rotations(per_group[True]) is True
     assert weight_bytes(per_group[True])["total"] < weight_bytes(per_group[None])["total"]
+
+
+def test_a_memory_only_run_records_weights_at_the_published_depth_without_timing(cache):
+    backends = bench.parse_backends(["bf16", "trdq-w8a8-real"], ["jit"])
+    report = bench.run(_spec(timing=False), backends, isolate=False, cache=cache)
+    assert report["timing"].startswith("not timed")
+    bf16, jit = report["results"]
+    assert bf16["step_ms"] is None and bf16["profile"] is None and jit["compact_rotations"] is True
+    for r in (bf16, jit):
+        depth = r["weight_bytes_at_depth"]
+        assert depth["blocks"] == 2 and depth["depth"] == 28
+        assert depth["total"] == r["weight_bytes"]["total"] + 26 * depth["per_block"]
+    assert jit["vs_bf16"]["step"] is None and jit["vs_bf16"]["weight_bytes_at_depth"] < 1
+    from analysis.readme import memory_table
+
+    path = bench.save_report(report, cache.parent / "memory.json")
+    rows = [line for line in memory_table(path).splitlines() if line.startswith("|")]
+    assert any("trdq-w8a8-real" in row and "x |" in row for row in rows)

@@ -27,3 +27,21 @@ def test_no_analysis_module_imports_the_app():
             "print('app' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_checkpoints_command_measures_folder_size_and_load_memory_and_the_readme_renders_it(tmp_path):
+    from analysis.__main__ import main
+    from analysis.readme import checkpoint_table
+
+    out = tmp_path / "ckpt.json"
+    assert main(["checkpoints", "--model", "pixart-xl-random", "--layers", "1", "--bits", "w4a8",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert report["blocks"] == 1 and row["bits"] == "w4a8"
+    # 4-bit codes packed: far below the bf16 checkpoint even with one block's float parts beside them
+    assert 0 < row["folder_bytes"] < 0.6 * report["bf16_safetensors_bytes"]
+    for load in ("load_simulated", "load_real"):
+        assert row[load]["load_peak_above_imports"] > 0 and row[load]["loaded"] == "PixArtTransformer2DModel"
+    assert any(line.startswith("|") and "w4a8" in line for line in checkpoint_table(out).splitlines())
