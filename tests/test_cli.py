@@ -213,6 +213,19 @@ def test_quantize_writes_a_folder_that_generate_samples_like_the_library(tmp_pat
         model = trdq.realize(loaded, compact_rotations=True) if real else loaded  # as from_pretrained builds it
         expected = trdq.generate(model, ["a small red circle on the left"], [0], steps=2)[0]
         assert np.array_equal(np.asarray(Image.open(image)), expected)
+    # eval takes the folder too, and evaluates it as it is
+    records = tmp_path / "q.json"
+    assert main(["eval", "--model", str(out), "--num-prompts", "2", "--steps", "2", "--json", str(records)]) == 0
+    (record,) = json.loads(records.read_text())
+    assert (record["method"], record["bits"], record["execution"], record["num_groups"]) == ("trdq", "w4a8", "simulated", 2)
+    assert 0 <= record["adherence"] <= 1 and record["model"] == str(out)
+    assert main(["eval", "--model", str(out), "--num-prompts", "2", "--steps", "2", "--json", str(records),
+                 "--resume"]) == 0 and len(json.loads(records.read_text())) == 1  # already done
+    assert main(["eval", "--model", str(out), "--methods", "rtn", "--num-prompts", "2", "--json",
+                 str(tmp_path / "x.json")]) == 2
+    assert "quantized already" in caplog.text
+    assert main(["quantize", "--model", str(out), "--out", str(tmp_path / "again")]) == 2
+    assert "quantize from the full-precision model" in caplog.text
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -53,7 +53,8 @@ def _finite(low: float | None = None):
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-t2i",
-                   help="shapes-t2i or shapes-t2v (embedded), a local diffusers folder, or a hub id")
+                   help="shapes-t2i or shapes-t2v (embedded), a local diffusers folder, a hub id, or (generate, "
+                        "eval) a quantized folder written by `python -m trdq quantize`")
     p.add_argument("--seed", type=_integer(0, SEED_LIMIT - 1), default=0)
     p.add_argument("--steps", type=_integer(1), default=None, help="sampling steps (model default: 20)")
     p.add_argument("--guidance", type=_finite(), default=None, help="CFG scale (model default: 4.5)")
@@ -328,10 +329,12 @@ def cmd_quantize(args) -> None:
     from trdq.api import calibrate, convert, prepare
     from trdq.eval.runner import read_captions
     from trdq.models.loader import load_model
-    from trdq.pretrained import check_destination, save_pretrained
+    from trdq.pretrained import check_destination, is_quantized_folder, save_pretrained
     from trdq.worlds import WORLDS
 
     check_destination(args.out)  # now, not after the calibration
+    if is_quantized_folder(args.model):
+        raise ValueError(f"{args.model} is quantized already; quantize from the full-precision model it came from")
     model = load_model(args.model)
     args.methods = args.method
     include_fp, configs = quant_configs(args, args.steps or model.settings.steps)
@@ -370,12 +373,12 @@ def cmd_eval(args) -> None:
         record_key,
         write_json,
     )
-    from trdq.models.loader import load_model
     from trdq.worlds import world
 
-    model = load_model(args.model)
+    model = load_any(args.model)  # a quantized folder is evaluated as it is
     caption_world = world(model.settings.world)
     include_fp, configs = quant_configs(args, args.steps or model.settings.steps)
+    own = ("fp",) if model.quant is None else config_key(model.quant.config)  # the record of --model itself
     sharing = [ShareRule.parse(r) for r in (args.share_attention or "").split(",") if r.strip()]
     if args.prompts_file is not None:
         scenes = read_prompts_file(args.prompts_file, caption_world)
@@ -388,7 +391,7 @@ def cmd_eval(args) -> None:
     saved = read_records(args.json, run) if args.resume else []
     if saved:
         finished = {record_key(r) for r in saved}
-        include_fp = include_fp and ("fp",) not in finished
+        include_fp = include_fp and own not in finished
         configs = [c for c in configs if config_key(c) not in finished]
         log.info("%s holds %d records; %d quantized models left to evaluate", args.json, len(saved), len(configs))
         if not include_fp and not configs:

@@ -121,6 +121,9 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
     """Evaluate the FP model and one quantized model per config on ``scenes`` (of the model's world:
     :class:`~trdq.shapes.Scene` for images, :class:`~trdq.motion.MovingScene` for clips).
 
+    A quantized ``model`` (e.g. from :func:`trdq.from_pretrained`) is evaluated as it is, in place
+    of the FP model: its record names its method, bits and execution, and it takes no ``configs``.
+
     Output i (an image, or a clip for a video model) uses seed ``seed + i`` for every model, so
     quantized outputs are compared with the FP output of the same seed.
 
@@ -143,6 +146,10 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         are complete, so that a caller can save them before the next model starts.
     """
     world(model.settings.world)
+    info = getattr(model, "quant", None)
+    if info is not None and configs:
+        raise ValueError(f"{model.name} is quantized already and is evaluated as it is; quantize from its "
+                         "full-precision model to compare methods")
     if (configs or sharing) and not calibration_prompts:
         raise ValueError("quantized evaluation and attention sharing need calibration prompts")
     steps = steps or model.settings.steps
@@ -159,7 +166,7 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
                           progress=cb)
         return images, round(time.perf_counter() - t0, 2)
 
-    fp_images, fp_seconds = sample("fp", model)
+    fp_images, fp_seconds = sample("fp" if info is None else f"{info.config.method} {info.config.bits}", model)
     plans = []
     if sharing:
         measured = measure_similarity(model, calibration_prompts, steps=steps, guidance=guidance, seed=10**5)
@@ -182,7 +189,9 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         if on_records is not None:
             on_records(new)
 
-    fp_base = {"model": model.name, "method": "fp", "bits": "fp32", "execution": "full precision"}
+    fp_base = ({"model": model.name, "method": "fp", "bits": "fp32", "execution": "full precision"} if info is None
+               else {"model": model.name, "method": info.config.method, "bits": info.config.bits,
+                     "execution": info.execution, **describe(info.config)})
     if include_fp:
         done([{**fp_base, **score_outputs(fp_images, scenes, detector), **common, "seconds": fp_seconds},
               *shared_records("fp", model, fp_base)])
