@@ -432,20 +432,30 @@ def shipped_trajectory(model_label: str):
 
 def benchmark_files() -> list[str]:
     """The bench reports, this CPU class's PixArt-XL report first (AVX2-only CPUs run other
-    kernels than VNNI ones, see README "Speed and memory")."""
+    kernels than VNNI ones, see README "Speed and memory"), then the memory-only ones."""
     own = "bench-pixart-xl-random-512.json" if cpu_info().int8_dot else "bench-pixart-xl-random-512-avx2.json"
-    return sorted((p.name for p in RESULTS.glob("bench-*.json")), key=lambda name: (name != own, name))
+    return sorted((p.name for pattern in ("bench-*.json", "memory-*.json") for p in RESULTS.glob(pattern)),
+                  key=lambda name: (name != own, name.startswith("memory-"), name))
 
 
 def benchmark(file: str) -> tuple[str, go.Figure]:
-    """Handler of the Benchmark tab: the table of a bench report and a chart of step time and weights."""
-    from analysis.readme import bench_table
+    """Handler of the Benchmark tab: the table of a bench report and a chart of step time and weights
+    (for a memory-only report, of the weights as built and at the model's published depth)."""
+    from analysis.readme import bench_table, memory_table
 
     path = RESULTS / (file or "")
     if not file or not path.exists():
         raise gr.Error(f"No benchmark report {file!r}; run `python -m trdq bench ... --json "
                        "assets/results/bench-NAME.json` first.")
-    ok = [r for r in json.loads(path.read_text())["results"] if r["status"] == "ok"]
+    report = json.loads(path.read_text())
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    if report.get("timing", True) is not True:  # python -m trdq bench --memory-only
+        depth = [(r.get("weight_bytes_at_depth") or r["weight_bytes"])["total"] / 2**20 for r in ok]
+        fig = go.Figure([go.Bar(name="weights as built (MiB)", x=[r["backend"] for r in ok],
+                                y=[r["weight_bytes"]["total"] / 2**20 for r in ok]),
+                         go.Bar(name="at the published depth (MiB)", x=[r["backend"] for r in ok], y=depth)])
+        fig.update_layout(barmode="group", title=file, yaxis={"title": "MiB"})
+        return memory_table(path), fig
     frame = pd.DataFrame({"backend": [r["backend"] for r in ok],
                           "step (ms)": [r["step_ms"]["median"] for r in ok],
                           "weights (MiB)": [r["weight_bytes"]["total"] / 2**20 for r in ok]})
@@ -509,7 +519,8 @@ GUIDES = {
         "and the table says where its time goes. CPUs differ: the report of this machine's class opens "
         "first (with VNNI, int8 and bf16 are fast; on AVX2 only, bf16 and torch's int8 GEMM are slower "
         "than fp32, so trdq runs fbgemm or exact fp32 GEMMs there). Under the table, one line per "
-        "backend says whether it is faster or smaller than bf16 (fp32 where bf16 was not run) and why."
+        "backend says whether it is faster or smaller than bf16 (fp32 where bf16 was not run) and why. "
+        "The memory-* reports weigh each backend without timing it, at PixArt-XL's full depth."
     ),
 }
 

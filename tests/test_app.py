@@ -374,6 +374,11 @@ def test_benchmark_tab_reads_the_reports():
     assert " faster than " in table or " slower than " in table  # one line per backend under the table
     with pytest.raises(gr.Error, match="python -m trdq bench"):
         app.benchmark("bench-missing.json")
+    memory = [f for f in files if f.startswith("memory-")]
+    assert memory and files.index(memory[0]) > files.index(files[0])  # after the timed reports
+    table, fig = app.benchmark(memory[0])
+    assert "at 28 blocks (MiB)" in table and " smaller than bf16 at the published 28 blocks" in table
+    assert [bar.name for bar in fig.data] == ["weights as built (MiB)", "at the published depth (MiB)"]
 
 
 def test_a_clip_becomes_an_animated_gif():
