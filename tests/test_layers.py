@@ -187,3 +187,18 @@ def test_fbgemm_layer_path_gives_the_int_mm_outputs(compiled, symmetric):
     out = fbgemm_quantized_linear(x.reshape(-1, 72), kernels.fbgemm_prepack(codes), scale, rowsum, bias, 8,
                                   symmetric, torch.float32, compiled)
     assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("w_bits, dtype", [(8, torch.float32), (4, torch.float32), (8, torch.bfloat16)])
+def test_a_compiled_jit_layer_rebuilds_the_eager_codes(w_bits, dtype):
+    sim, x, state = _two_group_layer(w_bits, 8, c_in=128)
+    weight = torch.randn(48, 128)
+    eager = SharedIntLinear.from_weight(sim, weight, w_bits, dtype, keep_active=True)
+    compiled = SharedIntLinear.from_weight(sim, weight, w_bits, dtype, keep_active=True)
+    compiled.compiled = True
+    for group in (0, 1):  # DuQuant reflections (compiled rebuild), then a Hadamard (eager either way)
+        state.group = group
+        assert torch.equal(eager._stored(group)[0], compiled._stored(group)[0])
+        assert torch.equal(eager._stored(group)[1], compiled._stored(group)[1])
+        assert torch.equal(eager._stored(group)[2], compiled._stored(group)[2])

@@ -402,15 +402,17 @@ def realize(qmodel: Model, deployment: str = "per-group", base: Model | None = N
         compile: run each integer layer's activation quantization, int8 GEMM and dequantization
             through ``torch.compile`` as fused loops (:func:`trdq.layers.compiled_quantized_linear`),
             and block-rotation transforms too (:func:`trdq.rotation.compiled_rotate_rows`, static
-            shapes); a model's first step compiles.
+            shapes), and ``shared``/``jit``'s rebuild of a group's codes from the master
+            (:func:`trdq.layers.compiled_rebuilt_codes`); a model's first step compiles.
         gemm: the int8 GEMM on the CPU, a name of :data:`trdq.kernels.GEMMS`; None picks the
             fastest exact one for this CPU and each layer's weight bits (:func:`trdq.cpu.int8_gemm`:
             ``torch._int_mm`` with VNNI or AMX, else fbgemm for weights of up to 7 bits, else
             fp32 GEMMs over exact K chunks). Off the CPU, ``torch._int_mm`` runs.
         compact_rotations: keep DuQuant's block rotations as their greedy reflections and build
             the blocks at every call (a few bytes per channel instead of ``2 b`` floats per channel
-            and group, for a few small batched products per call) rather than as dense blocks. None: dense for ``per-group`` (the fast deployment), compact for ``shared``
-            and ``jit`` (the small ones).
+            and group, for a few small batched products per call) rather than as dense blocks.
+            None: dense for ``per-group`` (the fast deployment), compact for ``shared`` and
+            ``jit`` (the small ones).
 
     Returns:
         The same kind of object as ``qmodel``, labelled ``"real integer"``.

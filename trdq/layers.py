@@ -257,6 +257,44 @@ def compiled_quantized_linear():
     return torch.compile(quantized_linear, dynamic=True)
 
 
+def rebuilt_codes(master: torch.Tensor, master_scale: torch.Tensor, delta: torch.Tensor | None,
+                  inv_delta: torch.Tensor | None, stages: tuple, dtype: torch.dtype,
+                  w_bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One group's weight codes rebuilt from an int8 master, as one function (what
+    :func:`compiled_rebuilt_codes` fuses): ``Q(W_master Delta^2 (Delta^-1 R))`` per output channel,
+    symmetric at ``w_bits``, with ``Delta`` given as ``delta`` or as the ``inv_delta`` a rotation
+    folds in (:meth:`OnlineTransform.weight`), the rotation's ``stages`` applied channels-first in
+    ``dtype``.
+
+    Returns:
+        codes (C_out, C_in) int8, scales (C_out, 1) float32 and code row sums (C_out,) int32, the
+        same as the eager rebuild of :meth:`SharedIntLinear._stored`.
+    """
+    from trdq.rotation import rotate_rows
+
+    w = master.float() * master_scale
+    if delta is not None:
+        w = w * delta.float() ** 2
+    elif inv_delta is not None:
+        w = w / inv_delta.float() ** 2
+    wt = rotate_rows(w, stages, dtype).float()  # (C_in, C_out): each output channel is a column
+    qmax = 2 ** (w_bits - 1) - 1
+    scale = (wt.abs().amax(0) / qmax).clamp_min(quantizer.EPS)
+    codes = torch.round(wt / scale).clamp(-qmax, qmax).to(torch.int8).T.contiguous()
+    return codes, scale[:, None], codes.sum(1, dtype=torch.int32)
+
+
+@functools.cache
+def compiled_rebuilt_codes():
+    """:func:`rebuilt_codes` under ``torch.compile`` with static shapes, built once per process:
+    the dequantization, scaling, transposes, per-channel range and quantization around the
+    rotation's batched matmuls become a few fused loops (a 1152 x 4608 weight on this 2-core CPU:
+    about 2x faster than eager, the same codes). Layers of one shape and rotation structure share
+    a graph."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(rebuilt_codes, dynamic=False)
+
+
 class IntLinear(nn.Module):
     """The real integer twin of :class:`QuantLinear` (docs/method.md §7, deployment ``per-group``).
 
@@ -482,11 +520,18 @@ class SharedIntLinear(IntLinear):
 
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._active is None or self._active[0] != g:
-            w = self.transforms[g].weight(self.master.float() * self.master_scale)  # (C_out, C_in)
-            p = quantizer.per_channel_params(w, self.w_bits, symmetric=True)
-            codes = quantizer.quantize(w, p).to(torch.int8)
+            t = self.transforms[g]
+            if self.compiled and t.rotation is not None and t.rotation.channel_major:  # fused around the matmuls
+                inv_delta = None if t.delta is not None else t.rotation.input_scale()
+                codes, scale, rowsum = compiled_rebuilt_codes()(self.master, self.master_scale, t.delta, inv_delta,
+                                                                t.rotation.stages, t.rotation.dtype, self.w_bits)
+            else:
+                w = t.weight(self.master.float() * self.master_scale)  # (C_out, C_in)
+                p = quantizer.per_channel_params(w, self.w_bits, symmetric=True)
+                codes = quantizer.quantize(w, p).to(torch.int8)
+                scale, rowsum = p.scale, kernels.weight_rowsum(codes)
             self.w_store = kernels.pack_int4(codes) if self.packed else codes
-            self._active = (g, p.scale, kernels.weight_rowsum(codes))
+            self._active = (g, scale, rowsum)
             self.prepared = {}  # the GEMM's copy of the previous group's codes
         _, scale, rowsum = self._active
         return self.w_store, scale, rowsum
