@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trdq import cpu, kernels, quantizer
-from trdq.rotation import OnlineRotation, Rotation
+from trdq.rotation import OnlineRotation, Rotation, rotate_rows
 from trdq.timegroups import GroupState
 
 EXECUTION = "simulated"
@@ -270,8 +270,6 @@ def rebuilt_codes(master: torch.Tensor, master_scale: torch.Tensor, delta: torch
         codes (C_out, C_in) int8, scales (C_out, 1) float32 and code row sums (C_out,) int32, the
         same as the eager rebuild of :meth:`SharedIntLinear._stored`.
     """
-    from trdq.rotation import rotate_rows
-
     w = master.float() * master_scale
     if delta is not None:
         w = w * delta.float() ** 2
