@@ -50,13 +50,13 @@ from trdq.layers import EXECUTION, IntLinear, QuantLinear
 from trdq.serialization import (
     MANIFEST,
     SavedModelError,
-    _fail,
-    _field,
-    _layer,
-    _layers,
-    _put_rotation,
-    _replace_folder,
-    _thresholds,
+    check_layers,
+    check_thresholds,
+    checked,
+    field_error,
+    put_rotation,
+    read_layer,
+    replace_folder,
 )
 from trdq.timegroups import GroupIndex, GroupState
 
@@ -110,7 +110,7 @@ def save_pretrained(qmodel: Model, folder: str | Path, dtype: torch.dtype | None
 
                 (staging / SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp makes it private
-        _replace_folder(staging, folder)
+        replace_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
@@ -142,7 +142,7 @@ def _save_transformer(transformer: nn.Module, info: QuantInfo, folder: Path, dty
             for g, gt in enumerate(m.transforms):
                 if gt.delta is not None:
                     tensors[f"{prefix}{name}.{g}.delta"] = gt.delta
-            rotations = [None if gt.rotation is None else _put_rotation(tensors, f"{prefix}{name}.{g}", gt.rotation)
+            rotations = [None if gt.rotation is None else put_rotation(tensors, f"{prefix}{name}.{g}", gt.rotation)
                          for g, gt in enumerate(m.transforms)]
             layers[name] = {"alphas": [gt.alpha for gt in m.transforms], "rotations": rotations,
                             "a_bits": m.a_bits, "a_symmetric": m.a_symmetric}
@@ -240,25 +240,25 @@ def _load_transformer(folder: Path, execution: str, dtype: torch.dtype | None, c
     except FileNotFoundError:
         raise SavedModelError(f"{where}: (whole file): missing; {folder} is not a model folder") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _fail(where, "(whole file)", f"not valid JSON ({err})") from None
+        raise field_error(where, "(whole file)", f"not valid JSON ({err})") from None
     qc = config.pop("quantization_config", None) if isinstance(config, dict) else None
     if not isinstance(qc, dict) or qc.get("quant_method") != "trdq":
-        raise _fail(where, "quantization_config", "no trdq quantization here: a full-precision model folder "
+        raise field_error(where, "quantization_config", "no trdq quantization here: a full-precision model folder "
                                                   "loads with trdq.load_model")
     if qc.get("format") != FORMAT:
-        raise _fail(where, "quantization_config.format", f"unsupported format {qc.get('format')!r}; expected "
+        raise field_error(where, "quantization_config.format", f"unsupported format {qc.get('format')!r}; expected "
                                                          f"{FORMAT} (quantize and save the model again)")
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
-        raise _fail(where, "_class_name", f"{config.get('_class_name')!r} is not a diffusers model class")
-    quant = _field(where, "quantization_config.config", lambda: QuantConfig.from_dict(qc["config"]))
+        raise field_error(where, "_class_name", f"{config.get('_class_name')!r} is not a diffusers model class")
+    quant = checked(where, "quantization_config.config", lambda: QuantConfig.from_dict(qc["config"]))
     float_dtype = getattr(torch, str(qc.get("float_dtype", "float32")), None)
     if not isinstance(float_dtype, torch.dtype) or not float_dtype.is_floating_point:
-        raise _fail(where, "quantization_config.float_dtype", f"{qc.get('float_dtype')!r} is not a float dtype")
+        raise field_error(where, "quantization_config.float_dtype", f"{qc.get('float_dtype')!r} is not a float dtype")
     if quant.cfg_split:
         branches = qc.get("branches")
         if not (isinstance(branches, dict) and set(branches) == {"uncond", "cond"}):
-            raise _fail(where, "quantization_config.branches", "a CFG-split model needs its uncond and cond branches")
+            raise field_error(where, "quantization_config.branches", "a CFG-split model needs its uncond and cond branches")
         parts = {b: _branch(where, f"quantization_config.branches.{b}", branches[b], None) for b in ("uncond", "cond")}
     else:
         parts = {"": _branch(where, "quantization_config", qc, quant)}
@@ -266,11 +266,11 @@ def _load_transformer(folder: Path, execution: str, dtype: torch.dtype | None, c
     built = {}
     for branch, (bquant, index, layers) in parts.items():
         with _parameters_on_meta():  # the skeleton: no full-precision weights are allocated
-            transformer = _field(where, "(configuration)", lambda: cls.from_config(config))
+            transformer = checked(where, "(configuration)", lambda: cls.from_config(config))
         view = _Prefixed(tensors, f"{branch}." if branch else "")
         state = GroupState(index)
         for name in layers:  # one layer at a time, its tensors dropped as it is built
-            codes, scale, bias, transforms, a_bits, a_symmetric, used = _layer(
+            codes, scale, bias, transforms, a_bits, a_symmetric, used = read_layer(
                 (where, data), name, layers[name], view, transformer, bquant, index.num_groups)
             layer = QuantLinear(codes, scale, bias, transforms, a_bits, a_symmetric, state)
             if execution != EXECUTION:
@@ -286,9 +286,9 @@ def _load_transformer(folder: Path, execution: str, dtype: torch.dtype | None, c
     for transformer, state, info in built.values():
         _, unexpected = transformer.load_state_dict(rest, strict=False, assign=True)
         if unexpected:
-            raise _fail(data, unexpected[0], f"a tensor the {cls.__name__} does not have ({len(unexpected)} such)")
+            raise field_error(data, unexpected[0], f"a tensor the {cls.__name__} does not have ({len(unexpected)} such)")
         if still := [k for k, v in transformer.state_dict().items() if v.is_meta]:
-            raise _fail(data, still[0], f"missing ({len(still)} tensors of the model are not in the file)")
+            raise field_error(data, still[0], f"missing ({len(still)} tensors of the model are not in the file)")
         _cast_float_parts(transformer, float_dtype)  # stored in another dtype (save_pretrained(dtype=...)): as it ran
         transformer.eval()
         if execution == EXECUTION:
@@ -305,13 +305,13 @@ def _load_transformer(folder: Path, execution: str, dtype: torch.dtype | None, c
 def _branch(where: Path, field: str, entry, quant: QuantConfig | None) -> tuple[QuantConfig, GroupIndex, dict]:
     """One quantized transformer's config (``quant``, or its own entry's), time groups and layers."""
     if not isinstance(entry, dict):
-        raise _fail(where, field, "not an object")
+        raise field_error(where, field, "not an object")
     if quant is None:
-        quant = _field(where, f"{field}.config", lambda: QuantConfig.from_dict(entry["config"]))
+        quant = checked(where, f"{field}.config", lambda: QuantConfig.from_dict(entry["config"]))
     if not isinstance(entry.get("thresholds"), list):
-        raise _fail(where, f"{field}.thresholds", "missing or not a list")
-    index = GroupIndex(_thresholds(where, entry["thresholds"]))
-    return quant, index, _layers(where, entry.get("layers") if isinstance(entry.get("layers"), dict) else {})
+        raise field_error(where, f"{field}.thresholds", "missing or not a list")
+    index = GroupIndex(check_thresholds(where, entry["thresholds"]))
+    return quant, index, check_layers(where, entry.get("layers") if isinstance(entry.get("layers"), dict) else {})
 
 
 class _Prefixed:
@@ -336,7 +336,7 @@ class _Prefixed:
 class _LazyTensors:
     """The tensors of a safetensors file, each read when asked with plain file reads into memory of
     its own (not memory-mapped: the mapped file would stay resident beside the model built from
-    it), the mapping :func:`_layer` takes; ``del`` forgets a key, iteration gives those left."""
+    it), the mapping :func:`read_layer` takes; ``del`` forgets a key, iteration gives those left."""
 
     DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -350,11 +350,11 @@ class _LazyTensors:
                 n = int.from_bytes(f.read(8), "little")
                 header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
         except FileNotFoundError:
-            raise _fail(where, "(whole file)", "missing") from None
+            raise field_error(where, "(whole file)", "missing") from None
         except (OSError, ValueError) as err:
-            raise _fail(where, "(whole file)", f"not a readable safetensors file ({err})") from None
+            raise field_error(where, "(whole file)", f"not a readable safetensors file ({err})") from None
         if not isinstance(header, dict):
-            raise _fail(where, "(whole file)", "not a readable safetensors file (no header)")
+            raise field_error(where, "(whole file)", "not a readable safetensors file (no header)")
         header.pop("__metadata__", None)
         for key, entry in header.items():
             ok = (isinstance(entry, dict) and entry.get("dtype") in self.DTYPES and isinstance(entry.get("shape"), list)
@@ -367,7 +367,7 @@ class _LazyTensors:
                 ok = (0 <= start <= end <= size - 8 - n
                       and end - start == count * self.DTYPES[entry["dtype"]].itemsize)
             if not ok:
-                raise _fail(where, key, "a malformed entry in the safetensors header")
+                raise field_error(where, key, "a malformed entry in the safetensors header")
         self._base, self._keys = 8 + n, header
         self._last: tuple[str, torch.Tensor] | None = None
 

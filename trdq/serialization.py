@@ -86,7 +86,7 @@ def save(qmodel: Model, path: str | Path) -> Path:
         for g, t in enumerate(m.transforms):
             if t.delta is not None:
                 tensors[f"{name}.{g}.delta"] = t.delta
-        rotations = [None if t.rotation is None else _put_rotation(tensors, f"{name}.{g}", t.rotation)
+        rotations = [None if t.rotation is None else put_rotation(tensors, f"{name}.{g}", t.rotation)
                      for g, t in enumerate(m.transforms)]
         layers[name] = {"alphas": [t.alpha for t in m.transforms], "kinds": [t.kind for t in m.transforms],
                         "rotations": rotations, "a_bits": m.a_bits, "a_symmetric": m.a_symmetric}
@@ -101,7 +101,7 @@ def save(qmodel: Model, path: str | Path) -> Path:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / TENSORS))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp makes it private
-        _replace_folder(staging, path)
+        replace_folder(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -128,7 +128,7 @@ def saved_base(path: str | Path) -> str | None:
     return _read_manifest(path)["base_model"]
 
 
-def _replace_folder(new: Path, path: Path) -> None:
+def replace_folder(new: Path, path: Path) -> None:
     """Move folder ``new`` to ``path``; an existing ``path`` is moved aside first and removed last."""
     if not path.exists():
         os.replace(new, path)
@@ -144,7 +144,7 @@ def _replace_folder(new: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _put_rotation(tensors: dict[str, torch.Tensor], key: str, rotation: Rotation) -> list:
+def put_rotation(tensors: dict[str, torch.Tensor], key: str, rotation: Rotation) -> list:
     """Store a rotation's factors under ``key.rot<i>...``; returns the manifest entry
     ``[size, [kind, extra], ...]`` (extra: the Hadamard order, the number of blocks, or the greedy
     fit's block size, steps and seed)."""
@@ -221,12 +221,12 @@ def load(path: str | Path, base: Model | str | None = None) -> Model:
     if differs := mismatch(manifest["base_fingerprint"], fp):
         raise SavedModelError(f"{where}: base_fingerprint: the base model is not the one {path} was quantized "
                               f"from ({differs}); pass that model ({manifest['base_model']!r})")
-    config = _field(where, "config", lambda: QuantConfig.from_dict(manifest["config"]))
-    thresholds = _thresholds(where, manifest["thresholds"])
+    config = checked(where, "config", lambda: QuantConfig.from_dict(manifest["config"]))
+    thresholds = check_thresholds(where, manifest["thresholds"])
     tensors = _read_tensors(path / TENSORS)
     index = GroupIndex(thresholds)
-    built = {name: _layer((path / MANIFEST, path / TENSORS), name, meta, tensors, fp, config, index.num_groups)
-             for name, meta in _layers(where, manifest["layers"]).items()}
+    built = {name: read_layer((path / MANIFEST, path / TENSORS), name, meta, tensors, fp, config, index.num_groups)
+             for name, meta in check_layers(where, manifest["layers"]).items()}
     if unused := sorted(set(tensors) - _expected_keys(built)):
         raise SavedModelError(f"{path / TENSORS}: {unused[0]}: a tensor no layer of the manifest uses "
                               f"({len(unused)} such); the folder was altered")
@@ -240,15 +240,18 @@ def load(path: str | Path, base: Model | str | None = None) -> Model:
     return rewrap(base, transformer)
 
 
-def _fail(where: Path, field: str, problem: str) -> SavedModelError:
+def field_error(where: Path, field: str, problem: str) -> SavedModelError:
+    """The error for ``field`` of file ``where`` (shared with :mod:`trdq.pretrained`, as are the
+    checks below)."""
     return SavedModelError(f"{where}: {field}: {problem}")
 
 
-def _field(where: Path, field: str, build):
+def checked(where: Path, field: str, build):
+    """``build()``, its errors reported as a problem of ``field``."""
     try:
         return build()
     except (ValueError, TypeError, KeyError, AttributeError) as err:
-        raise _fail(where, field, f"{type(err).__name__}: {err}") from None
+        raise field_error(where, field, f"{type(err).__name__}: {err}") from None
 
 
 def _read_manifest(path: Path) -> dict:
@@ -258,67 +261,69 @@ def _read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(where.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _fail(where, "(whole file)", f"not valid JSON ({err})") from None
+        raise field_error(where, "(whole file)", f"not valid JSON ({err})") from None
     if not isinstance(manifest, dict):
-        raise _fail(where, "(whole file)", "not a JSON object")
+        raise field_error(where, "(whole file)", "not a JSON object")
     if manifest.get("format") != FORMAT:
-        raise _fail(where, "format", f"unsupported format {manifest.get('format')!r}; expected {FORMAT} "
+        raise field_error(where, "format", f"unsupported format {manifest.get('format')!r}; expected {FORMAT} "
                                      "(quantize the model again with this version and save it)")
     for key, kind in (("execution", str), ("base_model", str), ("transformer_class", str),
                       ("base_fingerprint", dict), ("config", dict), ("thresholds", list), ("layers", dict)):
         if not isinstance(manifest.get(key), kind):
-            raise _fail(where, key, f"missing or not a {kind.__name__}")
+            raise field_error(where, key, f"missing or not a {kind.__name__}")
     if manifest["execution"] != EXECUTION:
-        raise _fail(where, "execution", f"{manifest['execution']!r}; only {EXECUTION!r} models are saved")
+        raise field_error(where, "execution", f"{manifest['execution']!r}; only {EXECUTION!r} models are saved")
     return manifest
 
 
-def _thresholds(where: Path, values: list) -> tuple[float, ...]:
+def check_thresholds(where: Path, values: list) -> tuple[float, ...]:
+    """Time-group thresholds that are finite and strictly decreasing."""
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        raise _fail(where, "thresholds", f"every threshold must be a finite number, got {values}")
+        raise field_error(where, "thresholds", f"every threshold must be a finite number, got {values}")
     if any(b >= a for a, b in zip(values, values[1:])):
-        raise _fail(where, "thresholds", f"thresholds must strictly decrease, got {values}")
+        raise field_error(where, "thresholds", f"thresholds must strictly decrease, got {values}")
     return tuple(float(v) for v in values)
 
 
-def _layers(where: Path, layers: dict) -> dict:
+def check_layers(where: Path, layers: dict) -> dict:
+    """A non-empty layer table whose entries have their alphas, rotations and activation bits."""
     if not layers:
-        raise _fail(where, "layers", "empty: the model quantizes nothing")
+        raise field_error(where, "layers", "empty: the model quantizes nothing")
     for name, meta in layers.items():
         if not isinstance(meta, dict):
-            raise _fail(where, f"layers.{name}", "not an object")
+            raise field_error(where, f"layers.{name}", "not an object")
         for key, kind in (("alphas", list), ("rotations", list), ("a_bits", int), ("a_symmetric", bool)):
             if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta[key], bool)):
-                raise _fail(where, f"layers.{name}.{key}", f"missing or not a {kind.__name__}")
+                raise field_error(where, f"layers.{name}.{key}", f"missing or not a {kind.__name__}")
         if not MIN_BITS <= meta["a_bits"] <= MAX_BITS:
-            raise _fail(where, f"layers.{name}.a_bits", f"{meta['a_bits']} is outside {MIN_BITS}..{MAX_BITS}")
+            raise field_error(where, f"layers.{name}.a_bits", f"{meta['a_bits']} is outside {MIN_BITS}..{MAX_BITS}")
     return layers
 
 
 def _read_tensors(where: Path) -> dict[str, torch.Tensor]:
     if not where.exists():
-        raise _fail(where, "(whole file)", "missing")
+        raise field_error(where, "(whole file)", "missing")
     try:
         return load_file(str(where))
     except (SafetensorError, OSError, ValueError) as err:
-        raise _fail(where, "(whole file)", f"not a readable safetensors file ({err})") from None
+        raise field_error(where, "(whole file)", f"not a readable safetensors file ({err})") from None
 
 
 def _tensor(tensors: dict, where: Path, key: str, dtype: torch.dtype, shape: tuple, finite: bool = True,
             positive: bool = False) -> torch.Tensor:
     t = tensors.get(key)
     if t is None:
-        raise _fail(where, key, "missing")
+        raise field_error(where, key, "missing")
     if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        raise _fail(where, key, f"{t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
+        raise field_error(where, key, f"{t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}")
     if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise _fail(where, key, "holds NaN or infinite values")
+        raise field_error(where, key, "holds NaN or infinite values")
     if positive and not bool((t > 0).all()):
-        raise _fail(where, key, "holds values that are not positive")
+        raise field_error(where, key, "holds values that are not positive")
     return t
 
 
-def _layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, fp: nn.Module, config: QuantConfig,
+def read_layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, fp: nn.Module, config: QuantConfig,
            num_groups: int) -> tuple:
     """One layer's QuantLinear arguments, checked against the base's linear layer ``name`` (``files``:
     the JSON and the tensor file, for the messages); the last item lists the tensor keys it used.
@@ -327,16 +332,16 @@ def _layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, fp: n
     try:
         linear = fp.get_submodule(name)
     except AttributeError:
-        raise _fail(where, f"layers.{name}", "the base model has no such module") from None
+        raise field_error(where, f"layers.{name}", "the base model has no such module") from None
     if not isinstance(linear, nn.Linear):
-        raise _fail(where, f"layers.{name}", f"a {type(linear).__name__} in the base model, not a linear layer")
+        raise field_error(where, f"layers.{name}", f"a {type(linear).__name__} in the base model, not a linear layer")
     c_out, c_in = linear.out_features, linear.in_features
     for key in ("alphas", "rotations"):
         if len(meta[key]) != num_groups:
-            raise _fail(where, f"layers.{name}.{key}", f"{len(meta[key])} entries for {num_groups} time groups")
+            raise field_error(where, f"layers.{name}.{key}", f"{len(meta[key])} entries for {num_groups} time groups")
     gs = config.w_group_size
     if gs is not None and c_in % gs:
-        raise _fail(where, "config.w_group_size", f"{gs} does not divide {name}'s {c_in} input channels")
+        raise field_error(where, "config.w_group_size", f"{gs} does not divide {name}'s {c_in} input channels")
     code_shape = (num_groups, c_out, c_in) if gs is None else (num_groups, c_out, c_in // gs, gs)
     stored = tensors.get(f"{name}.w_codes")
     if stored is not None and stored.dtype == torch.uint8 and config.w_bits <= 4 and gs is None and c_in % 2 == 0:
@@ -346,7 +351,7 @@ def _layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, fp: n
         codes = _tensor(tensors, data, f"{name}.w_codes", torch.int8, code_shape)
     q = 2 ** (config.w_bits - 1) - 1
     if int(codes.abs().max()) > q:
-        raise _fail(data, f"{name}.w_codes", f"codes outside -{q}..{q}, the {config.w_bits}-bit grid")
+        raise field_error(data, f"{name}.w_codes", f"codes outside -{q}..{q}, the {config.w_bits}-bit grid")
     scale = _tensor(tensors, data, f"{name}.w_scale", torch.float64, (*code_shape[:-1], 1), positive=True)
     used = [f"{name}.w_codes", f"{name}.w_scale"]
     bias = None
@@ -356,7 +361,7 @@ def _layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, fp: n
     transforms = []
     for g, (alpha, entry) in enumerate(zip(meta["alphas"], meta["rotations"])):
         if alpha is not None and not (isinstance(alpha, int | float) and 0 <= alpha <= 1):
-            raise _fail(where, f"layers.{name}.alphas[{g}]", f"{alpha!r} is not None or a number in [0, 1]")
+            raise field_error(where, f"layers.{name}.alphas[{g}]", f"{alpha!r} is not None or a number in [0, 1]")
         delta = None
         if f"{name}.{g}.delta" in tensors:
             delta = _tensor(tensors, data, f"{name}.{g}.delta", torch.float64, (c_in,), positive=True)
@@ -374,40 +379,40 @@ def _rotation(files: tuple[Path, Path], key: str, entry, tensors: dict, size: in
     where, data = files
     field = f"layers.{key.rsplit('.', 1)[0]}.rotations[{key.rsplit('.', 1)[1]}]"
     if not isinstance(entry, list) or not entry or entry[0] != size:
-        raise _fail(where, field, f"must start with the layer's width {size}")
+        raise field_error(where, field, f"must start with the layer's width {size}")
     for i, stage in enumerate(entry[1:]):
         if not (isinstance(stage, list) and len(stage) == 2 and stage[0] in STAGES):
-            raise _fail(where, f"{field}[{i + 1}]", f"{stage!r} is not [kind, extra] with a kind of {STAGES}")
+            raise field_error(where, f"{field}[{i + 1}]", f"{stage!r} is not [kind, extra] with a kind of {STAGES}")
         kind, extra = stage
         name = f"{key}.rot{i}"
         if kind == "hadamard":
             if extra != size:  # also bounds the matrix hadamard() builds
-                raise _fail(where, f"{field}[{i + 1}]", f"a Hadamard of order {extra!r} on a {size}-wide layer")
+                raise field_error(where, f"{field}[{i + 1}]", f"a Hadamard of order {extra!r} on a {size}-wide layer")
         elif kind == "blocks":
             if not isinstance(extra, int) or not 1 <= extra <= size:
-                raise _fail(where, f"{field}[{i + 1}]", f"{extra!r} blocks on a {size}-wide layer")
+                raise field_error(where, f"{field}[{i + 1}]", f"{extra!r} blocks on a {size}-wide layer")
             widths = []
             for j in range(extra):
                 block = tensors.get(f"{name}.{j}")
                 if block is None or block.dim() != 2 or block.shape[0] != block.shape[1]:
-                    raise _fail(data, f"{name}.{j}", "missing or not a square block")
+                    raise field_error(data, f"{name}.{j}", "missing or not a square block")
                 _tensor(tensors, data, f"{name}.{j}", torch.float64, tuple(block.shape))
                 widths.append(block.shape[0])
                 used.append(f"{name}.{j}")
             if sum(widths) != size:
-                raise _fail(data, f"{name}.*", f"blocks cover {sum(widths)} channels, not {size}")
+                raise field_error(data, f"{name}.*", f"blocks cover {sum(widths)} channels, not {size}")
         elif kind == "reflections":
             _check_reflections(where, f"{field}[{i + 1}]", data, name, extra, tensors, size)
             used.append(name)
         elif kind == "perm":
             perm = _tensor(tensors, data, name, torch.int64, (size,))
             if not torch.equal(perm.sort().values, torch.arange(size)):
-                raise _fail(data, name, f"not a permutation of 0..{size - 1}")
+                raise field_error(data, name, f"not a permutation of 0..{size - 1}")
             used.append(name)
         elif kind == "signs":
             signs = _tensor(tensors, data, name, torch.float64, (size,))
             if not bool((signs.abs() == 1).all()):
-                raise _fail(data, name, "signs other than +1 and -1")
+                raise field_error(data, name, "signs other than +1 and -1")
             used.append(name)
         else:
             _tensor(tensors, data, name, torch.float64, (size, size))
@@ -421,11 +426,11 @@ def _check_reflections(where: Path, field: str, data: Path, name: str, extra, te
     if not (isinstance(extra, dict) and set(extra) == {"block_size", "steps", "seed"}
             and all(isinstance(v, int) and not isinstance(v, bool) for v in extra.values())
             and 1 <= extra["block_size"] <= size and 0 <= extra["steps"] <= 4096 and extra["seed"] >= 0):
-        raise _fail(where, field, f"{extra!r} is not {{block_size, steps, seed}} of a {size}-wide layer")
+        raise field_error(where, field, f"{extra!r} is not {{block_size, steps, seed}} of a {size}-wide layer")
     widths = torch.tensor(block_sizes(size, extra["block_size"]))
     pivots = _tensor(tensors, data, name, torch.int64, (len(widths), extra["steps"]))
     if not bool(((pivots >= -1) & (pivots < widths[:, None])).all()):
-        raise _fail(data, name, "pivots outside their blocks (each is -1 or a channel of its block)")
+        raise field_error(data, name, "pivots outside their blocks (each is -1 or a channel of its block)")
 
 
 def _expected_keys(built: dict) -> set[str]:
