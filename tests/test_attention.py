@@ -1,12 +1,18 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from trdq.attention import (
+    AttentionQuant,
     CFGAttnProcessor,
+    QuantAttnProcessor,
     ShareRule,
     Similarity,
     measure_similarity,
+    quantize_attention,
     select_layers,
     self_attention_layers,
     share_attention,
@@ -130,3 +136,110 @@ def test_video_models_share_spatial_and_temporal_attention(tiny_latte):
     with share_attention(tiny_latte, select_layers(sim, threshold=0.0)):
         clips = generate(tiny_latte, CLIP_PROMPTS, [0, 1], steps=2)
     assert clips.shape == (2, 4, 32, 32, 3)
+
+
+# ----------------------------------------------------------------------------- quantized attention scores
+
+
+def _sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.double().pow(2).sum() / (x.double() - ref.double()).pow(2).sum()))
+
+
+def _cross_inputs(attn, batch=4, tokens=6, text=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    context = torch.randn(batch, text, attn.to_k.in_features, generator=gen)
+    keep = torch.ones(batch, text)
+    keep[:, 3:] = 0  # the last two text tokens are padding, as PixArt's encoder mask marks them
+    return _attn_inputs(attn, batch, tokens, seed), context, ((1 - keep) * -10000.0).unsqueeze(1)
+
+
+def test_quantized_processor_is_close_to_float_attention_and_real_matches_simulated(tiny_pixart):
+    block = tiny_pixart.pipe.transformer.transformer_blocks[0]
+    x, context, mask = _cross_inputs(block.attn2)
+    cases = [(block.attn1, dict(hidden_states=x)),
+             (block.attn2, dict(hidden_states=x, encoder_hidden_states=context, attention_mask=mask))]
+    with torch.no_grad():
+        for attn, inputs in cases:
+            reference = AttnProcessor2_0()(attn, **inputs)
+            simulated = QuantAttnProcessor(AttentionQuant(8))(attn, **inputs)
+            real = QuantAttnProcessor(AttentionQuant(8, real=True))(attn, **inputs)
+            assert 30 < _sqnr_db(reference, simulated) < 120  # quantized, and close
+            torch.testing.assert_close(real, simulated, atol=1e-5, rtol=1e-5)
+            assert _sqnr_db(reference, QuantAttnProcessor(AttentionQuant(4))(attn, **inputs)) < \
+                _sqnr_db(reference, simulated)
+        # the mask holds: without it the padding tokens would be attended to
+        unmasked = QuantAttnProcessor(AttentionQuant(8))(block.attn2, x, context)
+        masked = QuantAttnProcessor(AttentionQuant(8))(block.attn2, x, context, mask)
+        assert _sqnr_db(AttnProcessor2_0()(block.attn2, x, context, mask), masked) > \
+            _sqnr_db(AttnProcessor2_0()(block.attn2, x, context, mask), unmasked) + 10
+
+
+def test_shared_layers_reuse_the_quantized_probabilities(tiny_pixart):
+    name, attn = next(iter(self_attention_layers(tiny_pixart.pipe.transformer).items()))
+    x = _attn_inputs(attn)
+    quantized = QuantAttnProcessor(AttentionQuant(8))
+    with torch.no_grad():
+        own = quantized(attn, x)
+        shared = CFGAttnProcessor(name, share=True, previous=quantized)(attn, x)
+        measured = CFGAttnProcessor(name, previous=quantized)(attn, x)
+        float_shared = CFGAttnProcessor(name, share=True)(attn, x)
+        # odd batches fall back to the layer's quantized processor, not to float attention
+        odd = CFGAttnProcessor(name, share=True, previous=quantized)(attn, x[:3])
+    torch.testing.assert_close(shared[2:], own[2:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(measured, own, atol=1e-5, rtol=1e-5)
+    assert (shared[2:] - float_shared[2:]).abs().max() > 1e-6
+    torch.testing.assert_close(odd, quantized(attn, x[:3]), atol=1e-6, rtol=1e-6)
+
+
+def test_quantize_attention_installs_and_removes_and_refuses_a_model_without_standard_attention(tiny_pixart):
+    import copy
+
+    transformer = copy.deepcopy(tiny_pixart.pipe.transformer)
+    attns = [m for m in transformer.modules() if isinstance(m, Attention)]
+    assert quantize_attention(transformer, AttentionQuant(6)) == len(attns) == 4  # 2 blocks x (self, cross)
+    assert all(isinstance(m.processor, QuantAttnProcessor) and m.processor.quant.bits == 6 for m in attns)
+    assert quantize_attention(transformer, None) == 4
+    assert all(type(m.processor) is AttnProcessor2_0 for m in attns)
+
+    class Joint:  # a processor of another kind (e.g. SD3's joint attention)
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("not called")
+
+    for m in attns:
+        m.set_processor(Joint())
+    with pytest.raises(ValueError, match="attention_bits=None"):
+        quantize_attention(transformer, AttentionQuant(8))
+    with pytest.raises(ValueError, match="attention_bits"):
+        AttentionQuant(9)
+
+
+def test_a_model_quantized_with_attention_bits_runs_them_simulated_and_real_and_shares_them(tiny_pixart):
+    from trdq.api import quantize, realize
+    from trdq.config import QuantConfig, TimeGroups
+    from trdq.eval.metrics import psnr
+
+    config = QuantConfig(method="trdq", w_bits=8, a_bits=8, time_groups=TimeGroups(2), block_size=32)
+    linear_only = quantize(tiny_pixart, config, PROMPTS, steps=3)
+    with_attention = quantize(tiny_pixart, dataclasses.replace(config, attention_bits=8), PROMPTS, steps=3)
+    real = realize(with_attention)
+
+    def processors(model):
+        return [m.processor for m in model.pipe.transformer.modules() if isinstance(m, Attention)]
+
+    assert all(type(p) is AttnProcessor2_0 for p in processors(linear_only))
+    assert all(isinstance(p, QuantAttnProcessor) and not p.quant.real for p in processors(with_attention))
+    assert all(isinstance(p, QuantAttnProcessor) and p.quant.real for p in processors(real))
+    images = {name: generate(m, PROMPTS, [0, 1], steps=3)
+              for name, m in [("linear", linear_only), ("attention", with_attention), ("real", real)]}
+    # the attention is quantized, and close
+    assert (psnr(images["attention"], images["linear"]) > 25).all()
+    assert not np.array_equal(images["attention"], images["linear"])
+    assert (psnr(images["real"], images["attention"]) > 40).all()
+    plan = select_layers(measure_similarity(with_attention, PROMPTS, steps=3), budget=2)
+    with share_attention(with_attention, plan):
+        shared = generate(with_attention, PROMPTS, [0, 1], steps=3)
+        assert all(isinstance(p, CFGAttnProcessor) and p.quant == AttentionQuant(8)
+                   for n, p in zip(plan.layers, [with_attention.pipe.transformer.get_submodule(n).processor
+                                                 for n in plan.layers]))
+    assert all(isinstance(p, QuantAttnProcessor) for p in processors(with_attention))
+    assert not np.array_equal(shared, images["attention"])

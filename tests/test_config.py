@@ -51,6 +51,7 @@ def test_bad_time_groups(kwargs, match):
     ({"block_size": 2.5}, "block_size must be an integer"), ({"block_size": float("nan")}, "block_size"),
     ({"seed": -1}, "seed"), ({"seed": 2 ** 63}, "below 2\\*\\*63"), ({"w_group_size": 0}, "w_group_size"),
     ({"alpha_grid": (0.5, float("inf"))}, "alpha_grid"), ({"time_groups": 4}, "TimeGroups"),
+    ({"attention_bits": 9}, "attention_bits must be an integer in 2..8"), ({"attention_bits": "8"}, "attention_bits"),
 ])
 def test_bad_quant_configs_say_how_to_fix_them(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -59,3 +60,11 @@ def test_bad_quant_configs_say_how_to_fix_them(kwargs, match):
 
 def test_bits_label():
     assert QuantConfig(w_bits=4, a_bits=8).bits == "w4a8"
+
+
+def test_attention_bits_round_trip_and_older_configs_read_as_float_attention():
+    config = QuantConfig(attention_bits=8)
+    assert QuantConfig.from_dict(config.to_dict()) == config
+    older = QuantConfig().to_dict()
+    del older["attention_bits"]  # written before the field existed
+    assert QuantConfig.from_dict(older).attention_bits is None

@@ -346,3 +346,68 @@ def test_block_diag_apply_within_twice_the_dense_error(dtype, atol, num_blocks, 
 def test_block_diag_apply_rejects_blocks_that_do_not_cover_the_width():
     with pytest.raises(ValueError, match="num_blocks \\* b"):
         block_diag_apply(torch.randn(2, 72), _hadamard_blocks(2, 32))
+
+
+# ----------------------------------------------------------------------------- int8 attention scores
+
+
+def _sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.double().pow(2).sum() / (x.double() - ref.double()).pow(2).sum()))
+
+
+def _qkv(seed=0, batch=2, heads=3, lq=40, lk=24, d=16):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, n, d, generator=gen) for n in (lq, lk, lk))
+    return q, k, v
+
+
+@pytest.mark.parametrize("k_len", [20, 2100])
+def test_int_bmm_is_the_exact_product_of_the_codes_on_both_gemms(k_len):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (2, 3, 5, k_len), generator=gen, dtype=torch.int8)
+    b = torch.randint(-128, 128, (2, 3, 7, k_len), generator=gen, dtype=torch.int8)
+    exact = (a.double() @ b.double().transpose(-1, -2))
+    for gemm in ("int_mm", "fp32"):  # 2100 > exact_fp32_chunk(128): the fp32 GEMM splits K
+        out = kernels.int_bmm(a, b, gemm)
+        assert out.shape == (2, 3, 5, 7) and out.dtype == torch.float32
+        assert torch.equal(out.double(), exact), gemm
+    with pytest.raises(ValueError, match="int8 operands"):
+        kernels.int_bmm(a.float(), b)
+    with pytest.raises(ValueError, match="same batch dims"):
+        kernels.int_bmm(a, b[:1])
+    with pytest.raises(ValueError, match="'int_mm' or 'fp32'"):
+        kernels.int_bmm(a, b, "fbgemm")
+
+
+def test_quantized_scores_match_their_simulated_twin_and_differ_from_float_by_a_row_constant():
+    q, k, _ = _qkv()
+    real = kernels.quantized_scores(q, k, 0.25, 8, "fp32")
+    torch.testing.assert_close(kernels.quantized_scores(q, k, 0.25, 8, "int_mm"), real, rtol=0, atol=0)
+    torch.testing.assert_close(kernels.quantized_scores_ref(q, k, 0.25, 8), real, rtol=1e-5, atol=1e-5)
+    # the key mean moves every score of a query row by q . mean(k): remove it from both to compare
+    centred = (q @ kernels.smooth_keys(k).transpose(-1, -2)) * 0.25
+    assert (real - centred).abs().max() < 0.05 * centred.abs().max()
+    shift = (q @ k.transpose(-1, -2)) * 0.25 - centred
+    assert torch.allclose(shift, shift[..., :1].expand_as(shift), atol=1e-5)  # constant along each row
+
+
+def test_smoothing_the_keys_keeps_8_bit_attention_close_to_float_under_a_shared_key_offset():
+    q, k, v = _qkv(seed=1)
+    k = k + 12.0 * torch.randn(16, generator=torch.Generator().manual_seed(3)).abs()  # every key shares a large offset in every channel
+    reference = F.scaled_dot_product_attention(q, k, v)
+    smoothed = kernels.quantized_scores(q, k, 16 ** -0.5, 8, "fp32").softmax(-1) @ v
+    # the same grid without the mean subtracted: the offset stretches every key's range
+    q_codes, q_scale, _ = quantize_per_token_int8(q, 8, symmetric=True)
+    k_codes, k_scale, _ = quantize_per_token_int8(k, 8, symmetric=True)
+    raw = ((dequantize_int(q_codes, q_scale) @ dequantize_int(k_codes, k_scale).transpose(-1, -2))
+           * 16 ** -0.5).softmax(-1) @ v
+    assert _sqnr_db(reference, smoothed) > 35
+    assert _sqnr_db(reference, smoothed) > _sqnr_db(reference, raw) + 10
+
+
+def test_quantized_attention_error_falls_with_the_bits():
+    q, k, v = _qkv(seed=2)
+    reference = F.scaled_dot_product_attention(q, k, v)
+    sqnr = [_sqnr_db(reference, kernels.quantized_scores(q, k, 0.25, bits, "fp32").softmax(-1) @ v)
+            for bits in (4, 6, 8)]
+    assert sqnr[0] < sqnr[1] < sqnr[2] and sqnr[2] > 35

@@ -5,10 +5,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention
 from safetensors.torch import load_file, save_file
 
 import trdq
 from trdq.api import quantize, realize
+from trdq.attention import AttentionQuant, QuantAttnProcessor
 from trdq.config import QuantConfig, TimeGroups
 from trdq.pretrained import from_pretrained, is_quantized_folder, save_pretrained
 from trdq.sampling import generate
@@ -144,7 +146,7 @@ def test_float_parts_can_be_stored_in_bf16_and_a_real_load_keeps_rotations_compa
 
 def test_a_cfg_split_model_saves_both_branches_over_one_copy_of_the_float_parts(tiny_pixart, tmp_path):
     config = QuantConfig(method="trdq", w_bits=8, a_bits=8, time_groups=TimeGroups(2), block_size=32,
-                         cfg_split=True, uncond_bits=(4, 8))
+                         cfg_split=True, uncond_bits=(4, 8), attention_bits=8)
     q = quantize(tiny_pixart, config, PROMPTS[:1], steps=2)
     folder = save_pretrained(q, tmp_path / "split")
     weights = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
@@ -159,3 +161,8 @@ def test_a_cfg_split_model_saves_both_branches_over_one_copy_of_the_float_parts(
     real = from_pretrained(folder, execution="real integer")
     assert real.quant.execution == "real integer"
     assert np.array_equal(generate(realize(q, compact_rotations=True), PROMPTS, [3, 4], steps=2), generate(real, PROMPTS, [3, 4], steps=2))
+    for model, is_real in ((loaded, False), (real, True)):  # both branches keep their quantized attention
+        processors = [m.processor for branch in (model.pipe.transformer.uncond, model.pipe.transformer.cond)
+                      for m in branch.modules() if isinstance(m, Attention)]
+        assert processors and all(isinstance(p, QuantAttnProcessor) and p.quant == AttentionQuant(8, is_real)
+                                  for p in processors)

@@ -21,6 +21,7 @@ from diffusers import DiffusionPipeline
 from torch import nn
 
 from trdq import cpu, kernels
+from trdq.attention import AttentionQuant, quantize_attention
 from trdq.calibrate import Calibration
 from trdq.cfg import BRANCHES, CFGSplitTransformer
 from trdq.config import QuantConfig, TimeGroups
@@ -367,10 +368,13 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def track_quantized(transformer: nn.Module, state: GroupState, info: QuantInfo) -> None:
-    """Make a transformer with quantized layers find its time group at every call and carry
-    ``info`` as ``transformer.trdq_info``."""
+    """Make a transformer with quantized layers find its time group at every call, carry ``info``
+    as ``transformer.trdq_info``, and quantize its attention scores when the config asks (simulated
+    or real as ``info.execution`` says)."""
     handle = track_timestep(transformer, state, adapter_for(transformer).timestep_position)
     transformer.trdq_info, transformer.trdq_hook_id = info, handle.id
+    if info.config.attention_bits is not None:
+        quantize_attention(transformer, AttentionQuant(info.config.attention_bits, real=info.execution != EXECUTION))
 
 
 DEPLOYMENTS = ("per-group", "shared", "jit")

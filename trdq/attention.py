@@ -1,4 +1,5 @@
-"""Attention-Sharing between the classifier-free-guidance branches (docs/method.md §9).
+"""Attention in CFG pipelines: Attention-Sharing between the guidance branches (docs/method.md §9)
+and quantized attention scores (docs/method.md §10).
 
 Diffusers' CFG pipelines run the two branches as one batch, unconditional half first. In a
 self-attention layer whose two branches attend alike, the unconditional half can skip its queries,
@@ -7,6 +8,11 @@ keys, ``QK^T`` and softmax and reuse the conditional half's attention probabilit
 step, as the cosine between flattened attention maps), picks the layers to share from that
 measurement, and installs the sharing through diffusers attention processors, so it works on the
 full-precision, simulated and real integer models alike (their linear layers are untouched).
+
+With ``QuantConfig(attention_bits=8)``, every attention layer computes ``QK^T`` from int8 queries
+and mean-subtracted keys (:func:`trdq.kernels.quantized_scores`), its softmax in float32 and
+``PV`` in the model's float dtype (:class:`QuantAttnProcessor`); shared layers reuse those
+quantized probabilities.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
+from trdq import kernels
+from trdq.cpu import attention_gemm
+from trdq.quantizer import check_bits
 from trdq.timegroups import GroupIndex, TimeGroups
 
 
@@ -63,6 +72,110 @@ def _qk(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, k
 
 
+@dataclass(frozen=True)
+class AttentionQuant:
+    """How attention scores are quantized.
+
+    Attributes:
+        bits: width of the symmetric per-token grids of the queries and of the keys after their
+            mean over tokens is subtracted (:func:`trdq.kernels.quantize_qk`).
+        real: ``Q K^T`` as an exact integer product of the codes (:func:`trdq.kernels.quantized_scores`,
+            on :func:`trdq.cpu.attention_gemm`'s GEMM), or simulated: the same codes dequantized and
+            multiplied in float32 (:func:`trdq.kernels.quantized_scores_ref`).
+    """
+
+    bits: int = 8
+    real: bool = False
+
+    def __post_init__(self):
+        check_bits(self.bits, "attention_bits")
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+        """float32 ``scale * Q K^T`` (up to a per-row constant the softmax cancels)."""
+        if self.real:
+            return kernels.quantized_scores(q, k, scale, self.bits, attention_gemm(q.device))
+        return kernels.quantized_scores_ref(q, k, scale, self.bits)
+
+
+def attention_probs(attn: Attention, q: torch.Tensor, k: torch.Tensor, quant: AttentionQuant | None = None,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(scale * Q K^T + mask)``: in ``q``'s dtype without ``quant``, else from quantized
+    scores with the softmax in float32. A boolean mask keeps the True entries, a float one is added."""
+    scores = (q @ k.transpose(-1, -2)) * attn.scale if quant is None else quant.scores(q, k, attn.scale)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.to(scores.dtype)
+    return scores.softmax(-1)
+
+
+class QuantAttnProcessor:
+    """Diffusers' standard attention (``AttnProcessor2_0``'s projections, norms, mask and output)
+    with the scores quantized by ``quant`` and ``PV`` in the value's dtype."""
+
+    def __init__(self, quant: AttentionQuant):
+        self.quant = quant
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        image_shape = None
+        if hidden_states.ndim == 4:
+            image_shape = hidden_states.shape
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        batch, length = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape[:2]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, length, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states
+        if encoder_hidden_states is not None:
+            context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        q, k = _heads(attn.to_q(hidden_states), attn.heads), _heads(attn.to_k(context), attn.heads)
+        value = _heads(attn.to_v(context), attn.heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        out = attention_probs(attn, q, k, self.quant, attention_mask).to(value.dtype) @ value
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if image_shape is not None:
+            out = out.transpose(-1, -2).reshape(image_shape)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+#: The processors :func:`quantize_attention` replaces: diffusers' standard attention, and its own.
+_STANDARD_PROCESSORS = (AttnProcessor, AttnProcessor2_0, QuantAttnProcessor)
+
+
+def quantize_attention(transformer: torch.nn.Module, quant: AttentionQuant | None) -> int:
+    """Quantize the scores of every attention layer of ``transformer`` that runs diffusers' standard
+    processor (``quant`` None: restore the float one). Layers with another processor (joint or
+    linear attention) are left as they are.
+
+    Returns:
+        The number of layers changed.
+
+    Raises:
+        ValueError: if ``quant`` is given and no layer runs the standard processor.
+    """
+    layers = [m for m in transformer.modules()
+              if isinstance(m, Attention) and isinstance(m.processor, _STANDARD_PROCESSORS)]
+    if quant is not None and not layers:
+        raise ValueError(f"attention_bits needs attention layers with diffusers' standard processor; "
+                         f"{type(transformer).__name__} has none: quantize with attention_bits=None")
+    for m in layers:
+        m.set_processor(QuantAttnProcessor(quant) if quant is not None else AttnProcessor2_0())
+    return len(layers)
+
+
 @dataclass
 class Recorder:
     """Cond/uncond attention-map cosine per layer, step and head, and each layer's score cost.
@@ -93,12 +206,14 @@ class Recorder:
 class CFGAttnProcessor:
     """Self-attention over a ``[uncond; cond]`` batch that measures the branches' similarity
     (``recorder`` set) or shares the conditional probabilities with the unconditional half
-    (``share=True``). Inputs of another layout (no CFG, a mask, cross-attention) run the standard
-    processor unchanged."""
+    (``share=True``). Inputs of another layout (no CFG, a mask, cross-attention) run the layer's
+    ``previous`` processor if it quantizes scores, else the standard one; quantized scores are
+    kept either way."""
 
-    def __init__(self, name: str, share: bool = False, recorder: Recorder | None = None):
+    def __init__(self, name: str, share: bool = False, recorder: Recorder | None = None, previous=None):
         self.name, self.share, self.recorder = name, share, recorder
-        self.fallback = AttnProcessor2_0()
+        self.quant = getattr(previous, "quant", None)  # quantized scores stay quantized when shared
+        self.fallback = previous if isinstance(previous, QuantAttnProcessor) else AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
@@ -108,11 +223,11 @@ class CFGAttnProcessor:
         value = _heads(attn.to_v(hidden_states), attn.heads)
         if self.share:  # queries and keys of the conditional half only
             q, k = _qk(attn, hidden_states[half:])
-            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
+            probs = attention_probs(attn, q, k, self.quant).to(value.dtype)
             out = torch.cat([probs @ value[:half], probs @ value[half:]])
         else:
             q, k = _qk(attn, hidden_states)
-            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
+            probs = attention_probs(attn, q, k, self.quant).to(value.dtype)
             if self.recorder is not None:
                 self.recorder.add(self.name, probs[:half], probs[half:], q.shape[-1])
             out = probs @ value
@@ -158,7 +273,7 @@ def similarity_of_call(transformer: torch.nn.Module, **inputs) -> Similarity:
     for a bare transformer without a pipeline to sample with."""
     layers = self_attention_layers(transformer)
     recorder = Recorder()
-    with _processors(layers, lambda name: CFGAttnProcessor(name, recorder=recorder)):
+    with _processors(layers, lambda name, old: CFGAttnProcessor(name, recorder=recorder, previous=old)):
         transformer(**inputs)
     names = [n for n in layers if n in recorder.score_flops]
     cosine = np.stack([recorder.sums[(n, 0.0)] / recorder.counts[(n, 0.0)] for n in names])[:, None]
@@ -197,7 +312,7 @@ def measure_similarity(model, prompts: Sequence[str], steps: int | None = None, 
 
     handle = transformer.register_forward_pre_hook(on_step, with_kwargs=True)
     try:
-        with _processors(layers, lambda name: CFGAttnProcessor(name, recorder=recorder)):
+        with _processors(layers, lambda name, old: CFGAttnProcessor(name, recorder=recorder, previous=old)):
             generate(model, list(prompts), [seed + i for i in range(len(prompts))], steps=steps,
                      guidance=guidance, batch_size=batch_size, progress=progress)
     finally:
@@ -305,11 +420,12 @@ def select_layers(similarity: Similarity, threshold: float | None = None, budget
 
 
 @contextlib.contextmanager
-def _processors(layers: dict[str, Attention], make: Callable[[str], object]) -> Iterator[None]:
+def _processors(layers: dict[str, Attention], make: Callable[[str, object], object]) -> Iterator[None]:
+    """Within the block, each layer runs ``make(name, its previous processor)``."""
     saved = {name: attn.processor for name, attn in layers.items()}
     try:
         for name, attn in layers.items():
-            attn.set_processor(make(name))
+            attn.set_processor(make(name, saved[name]))
         yield
     finally:
         for name, attn in layers.items():
@@ -333,5 +449,5 @@ def share_attention(model, plan: SharingPlan | Sequence[str]) -> Iterator[None]:
     if unknown := [n for n in names if n not in available]:
         raise ValueError(f"not self-attention layers of this model: {unknown}")
     chosen = {n: available[n] for n in names}
-    with _processors(chosen, lambda name: CFGAttnProcessor(name, share=True)):
+    with _processors(chosen, lambda name, old: CFGAttnProcessor(name, share=True, previous=old)):
         yield

@@ -111,6 +111,10 @@ class QuantConfig:
             (:mod:`trdq.cfg`).
         uncond_bits: (w_bits, a_bits) of the unconditional branch when ``cfg_split`` (None: the
             same as the conditional branch), e.g. ``(4, 4)`` beside a W4A8 conditional branch.
+        attention_bits: quantize every attention layer's scores ``Q K^T`` too: queries and
+            mean-subtracted keys on symmetric per-token grids of this width (2..8; 8 is the intended
+            use), softmax in float32, ``P V`` in floating point (docs/method.md §10; beyond the paper).
+            None (default): attention stays in floating point.
     """
 
     method: str = "trdq"
@@ -130,6 +134,7 @@ class QuantConfig:
     seed: int = 0
     cfg_split: bool = False
     uncond_bits: tuple[int, int] | None = None
+    attention_bits: int | None = None
 
     def __post_init__(self):
         self._check_types()
@@ -154,6 +159,8 @@ class QuantConfig:
             w, a = self.uncond_bits
             checked = (check_bits(w, "uncond w_bits"), check_bits(a, "uncond a_bits"))
             object.__setattr__(self, "uncond_bits", checked)
+        if self.attention_bits is not None:
+            check_bits(self.attention_bits, "attention_bits")
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise ValueError("include/exclude take a tuple of patterns, e.g. include=('*attn1*',)")
 

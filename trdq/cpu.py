@@ -132,3 +132,12 @@ def int8_gemm(w_bits: int, device: str | torch.device = "cpu", info: CPUInfo | N
     if w_bits <= FBGEMM_MAX_W_BITS and fbgemm_available():
         return "fbgemm"
     return "fp32"
+
+
+def attention_gemm(device: str | torch.device = "cpu", info: CPUInfo | None = None) -> str:
+    """The int8 GEMM of quantized attention scores here (:func:`trdq.kernels.int_bmm`): ``torch._int_mm``
+    on GPUs and on CPUs with VNNI or AMX, else fp32 GEMMs of the codes over exact K chunks (fbgemm
+    takes prepacked weights, and both operands of ``Q K^T`` change at every call)."""
+    if torch.device(device).type != "cpu" or (info or cpu_info()).int8_dot:
+        return "int_mm"
+    return "fp32"

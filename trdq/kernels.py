@@ -463,3 +463,83 @@ def block_diag_apply_ref(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """:func:`block_diag_apply` with the dense ``torch.block_diag`` matrix."""
     _check_blocks(x, blocks)
     return x @ torch.block_diag(*blocks).to(dtype=x.dtype, device=x.device)
+
+
+# ----------------------------------------------------------------------------- int8 attention scores
+
+
+def smooth_keys(k: torch.Tensor) -> torch.Tensor:
+    """Keys minus their mean over tokens (dim -2).
+
+    Subtracting one vector ``m`` from every key shifts all scores of a query row by the same
+    ``q . m``, which softmax cancels; what goes is the offset the keys share, which would otherwise
+    stretch every key's quantization range.
+    """
+    return k - k.mean(dim=-2, keepdim=True)
+
+
+def quantize_qk(q: torch.Tensor, k: torch.Tensor, bits: int = 8
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric per-token int8 codes of queries and smoothed keys (one scale per token and head).
+
+    Args:
+        q: queries (..., Lq, d); k: keys (..., Lk, d); any float dtype (quantized in float32).
+
+    Returns:
+        ``(q_codes, q_scale, k_codes, k_scale)``: int8 codes (..., L, d) and float32 scales (..., L, 1).
+    """
+    q_codes, q_scale, _ = quantize_per_token_int8(q.float(), bits, symmetric=True)
+    k_codes, k_scale, _ = quantize_per_token_int8(smooth_keys(k.float()), bits, symmetric=True)
+    return q_codes, q_scale, k_codes, k_scale
+
+
+def int_bmm(a: torch.Tensor, b: torch.Tensor, gemm: str = "int_mm") -> torch.Tensor:
+    """``a @ b^T`` over leading batch dims for int8 ``a`` (..., M, K) and ``b`` (..., N, K), exact.
+
+    Args:
+        gemm: ``"int_mm"`` (``torch._int_mm`` per batch entry, int32 accumulation) or ``"fp32"``
+            (batched fp32 matmuls of the codes over K chunks of :func:`exact_fp32_chunk`, each exact).
+
+    Returns:
+        float32 (..., M, N) holding the integer products.
+    """
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise ValueError(f"int_bmm needs int8 operands, got {a.dtype} and {b.dtype}; quantize them first")
+    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"int_bmm needs (..., M, K) and (..., N, K) with the same batch dims and K, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    if gemm == "int_mm":
+        a2, b2 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+        out = torch.stack([int_mm(x, y.T) for x, y in zip(a2, b2)]).float()
+        return out.reshape(*a.shape[:-1], b.shape[-2])
+    if gemm != "fp32":
+        raise ValueError(f"int_bmm runs the 'int_mm' or 'fp32' GEMM, got {gemm!r}")
+    k, chunk = a.shape[-1], exact_fp32_chunk(128)
+    with torch.profiler.record_function(INT8_GEMM):
+        af, bt = a.float(), b.float().transpose(-1, -2)
+        acc = af[..., :chunk] @ bt[..., :chunk, :]
+        for i in range(chunk, k, chunk):
+            acc += af[..., i:i + chunk] @ bt[..., i:i + chunk, :]
+    return acc
+
+
+def quantized_scores(q: torch.Tensor, k: torch.Tensor, scale: float, bits: int = 8,
+                     gemm: str = "int_mm") -> torch.Tensor:
+    """Attention scores ``scale * Q K^T`` from int8 queries and smoothed keys: the codes' product
+    exactly in integers (:func:`int_bmm`), rescaled once per (query, key) pair in float32.
+
+    The scores differ from the float ones by a per-query-row constant (the key mean), which the
+    softmax that follows cancels.
+
+    Returns:
+        float32 (..., Lq, Lk).
+    """
+    q_codes, q_scale, k_codes, k_scale = quantize_qk(q, k, bits)
+    return int_bmm(q_codes, k_codes, gemm) * (q_scale * scale) * k_scale.transpose(-1, -2)
+
+
+def quantized_scores_ref(q: torch.Tensor, k: torch.Tensor, scale: float, bits: int = 8) -> torch.Tensor:
+    """:func:`quantized_scores` as fake quantization: the same codes, dequantized and multiplied in
+    float32 (the simulated path)."""
+    q_codes, q_scale, k_codes, k_scale = quantize_qk(q, k, bits)
+    return (q_codes.float() * q_scale) @ (k_codes.float() * k_scale).transpose(-1, -2) * scale
