@@ -271,3 +271,17 @@ def test_generate_names_the_base_a_folder_of_the_earlier_format_needs(tmp_path, 
     assert main(["generate", "--model", "shapes-t2i", "--real", "--prompt", "a small red circle on the left",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "--real is for a quantized folder" in caplog.text
+
+
+def test_eval_with_attention_bits_records_each_setting_apart(tmp_path, caplog):
+    caplog.set_level("INFO", logger="trdq")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--num-prompts", "2", "--steps", "2", "--methods", "trdq", "--groups", "1",
+                 "--attention-bits", "off,8", "--calib-prompts", "2", "--no-eps-sqnr", "--json", str(out)]) == 0
+    linear_only, with_attention = json.loads(out.read_text())
+    assert linear_only["attention_bits"] is None and with_attention["attention_bits"] == 8
+    assert with_attention["psnr_vs_fp"] != linear_only["psnr_vs_fp"]  # the scores were quantized
+    assert "attention scores at 8 bits" in caplog.text
+    for bad, message in (("int8", "'off' or a width"), ("9", "2..8")):
+        assert main(["eval", "--methods", "trdq", "--attention-bits", bad, "--json", str(tmp_path / "x.json")]) == 2
+        assert message in caplog.text and not (tmp_path / "x.json").exists()

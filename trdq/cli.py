@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, QuantConfig, TimeGroups, parse_bits
 from trdq.interrupts import terminate_as_interrupt
+from trdq.quantizer import check_bits
 
 log = logging.getLogger("trdq")
 
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--rotation", default="duquant", help="rotation of trdq: " + ", ".join(ROTATIONS))
     qu.add_argument("--alpha", default="search", help="trdq smoothing: 'search' or a fixed alpha in [0, 1]")
     qu.add_argument("--block-size", type=_integer(2), default=64, help="rotation block size")
+    qu.add_argument("--attention-bits", default="off",
+                    help="quantize the attention scores QK^T too: 8 (int8 queries and mean-subtracted keys), "
+                         "any width 2..8, or 'off' (default: attention in floating point)")
     qu.add_argument("--prompts-file", type=Path, default=None,
                     help="calibration captions, one per line (default: drawn from an embedded model's grammar; "
                          "needed for other models)")
@@ -112,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trdq smoothing: 'search' (alpha_g searched per group) or a fixed alpha in [0, 1]; "
                          "a comma list for an ablation")
     ev.add_argument("--block-size", type=_integer(2), default=64, help="rotation block size")
+    ev.add_argument("--attention-bits", default="off",
+                    help="quantize the attention scores QK^T too: 8, any width 2..8, or 'off' (default); a comma "
+                         "list (e.g. off,8) evaluates each")
     ev.add_argument("--cfg-split", action="store_true",
                     help="quantize the CFG branches apart (own statistics and parameters, separate passes)")
     ev.add_argument("--uncond-bits", default=None,
@@ -283,8 +290,17 @@ def _alpha(text: str) -> float | None:
         raise ValueError(f"--alpha takes 'search' or a number in [0, 1], got {text!r}") from None
 
 
+def _attention_bits(text: str) -> int | None:
+    if text == "off":
+        return None
+    if not text.isdigit():
+        raise ValueError(f"--attention-bits takes 'off' or a width in 2..8, got {text!r}")
+    return check_bits(int(text), "--attention-bits")
+
+
 def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
-    """Turn ``--methods/--bits/--groups/--rotation/--alpha`` into (include FP?, QuantConfigs).
+    """Turn ``--methods/--bits/--groups/--rotation/--alpha/--attention-bits`` into (include FP?,
+    QuantConfigs).
 
     Every combination is made, and combinations a method treats alike (a rotation list for RTN,
     say) are kept once.
@@ -305,16 +321,18 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
     uncond_list = [None if u == "same" else parse_bits(u) for u in uncond_items]
     groups = [_groups(g, steps) for g in _items(args.groups)]
     rotations, alphas = _items(args.rotation), [_alpha(a) for a in _items(args.alpha)]
+    attention = [_attention_bits(b) for b in _items(getattr(args, "attention_bits", None) or "off")]
     if bad := [r for r in rotations if r not in ROTATIONS]:
         raise ValueError(f"unknown rotation(s) {bad}; choose from {', '.join(ROTATIONS)}")
     configs, seen = [], set()
     for m in methods:
-        for (w, a), g, r, alpha, uncond in itertools.product(bits, groups, rotations, alphas, uncond_list):
+        for (w, a), g, r, alpha, uncond, qk in itertools.product(bits, groups, rotations, alphas, uncond_list,
+                                                                  attention):
             if m == "fp":
                 continue
             config = QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(g), rotation=r,
                                  alpha=alpha, block_size=args.block_size, cfg_split=cfg_split,
-                                 uncond_bits=uncond)
+                                 uncond_bits=uncond, attention_bits=qk)
             TimeGroups(describe(config)["num_groups"]).step_to_group(steps)  # too many groups fails now
             key = config_key(config)
             if key not in seen:
@@ -414,6 +432,8 @@ def cmd_eval(args) -> None:
         bar.close()
     for r in records:
         extra = f", psnr_vs_fp {r['psnr_vs_fp']:.2f} dB" if "psnr_vs_fp" in r else ""
+        if r.get("attention_bits"):
+            extra += f", attention scores at {r['attention_bits']} bits"
         if "sharing" in r:
             extra += f", sharing {r['sharing']} ({r['attn_score_skipped']:.0%} of uncond scores skipped)"
         log.info("%s %s (%s): adherence %.3f, shapes_fd %.2f%s", r["method"], r["bits"], r["execution"],

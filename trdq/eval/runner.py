@@ -236,19 +236,19 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
 def describe(config: QuantConfig) -> dict:
     """The settings that tell quantized records apart: ``num_groups``, ``smoothing`` (none, fixed
     or search), ``alpha`` (the fixed value, else None) and ``rotation`` as the method applies them,
-    and ``cfg_split``."""
+    ``cfg_split`` and ``attention_bits`` (None: float attention)."""
     recipe = recipe_for(config)
     alpha = None
     if recipe.smoothing == "fixed":
         alpha = config.alpha if config.alpha is not None else DEFAULT_FIXED_ALPHA
     return {"num_groups": num_groups(config), "smoothing": recipe.smoothing, "alpha": alpha,
-            "rotation": recipe.rotation, "cfg_split": config.cfg_split}
+            "rotation": recipe.rotation, "cfg_split": config.cfg_split, "attention_bits": config.attention_bits}
 
 
 #: The fields that tell apart two evaluations of the same model whose records may share a file.
 RUN_FIELDS = ("model", "num_prompts", "seed", "steps", "guidance")
 # The settings of describe() that tell two quantized models of one method and bits apart.
-_DESCRIBED = ("num_groups", "smoothing", "alpha", "rotation", "cfg_split")
+_DESCRIBED = ("num_groups", "smoothing", "alpha", "rotation", "cfg_split", "attention_bits")
 
 
 def config_key(config: QuantConfig) -> tuple:
