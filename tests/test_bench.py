@@ -483,3 +483,23 @@ def test_a_memory_only_run_records_weights_at_the_published_depth_without_timing
     path = bench.save_report(report, cache.parent / "memory.json")
     rows = [line for line in memory_table(path).splitlines() if line.startswith("|")]
     assert any("trdq-w8a8-real" in row and "x |" in row for row in rows)
+
+
+def test_a_qk_suffix_quantizes_the_attention_of_a_trdq_backend_with_the_same_fit(cache):
+    from diffusers.models.attention_processor import Attention
+
+    from trdq.attention import AttentionQuant, QuantAttnProcessor
+
+    names = bench.parse_backends(["trdq-w8a8-real-qk8", "trdq-w8a8-real"], deployments=["per-group", "jit"])
+    assert [(b.name, b.deployment, b.attention_bits) for b in names] == [
+        ("trdq-w8a8-real-per-group-qk8", "per-group", 8), ("trdq-w8a8-real-jit-qk8", "jit", 8),
+        ("trdq-w8a8-real-per-group", "per-group", None), ("trdq-w8a8-real-jit", "jit", None)]
+    with pytest.raises(ValueError, match="attention bits"):
+        bench.parse_backends(["trdq-w8a8-sim-qk9"])
+    spec = _spec(timing=False)
+    fitted = bench.fit(spec, "w8a8", cache / "qk-fit")
+    for backend, real in ((bench.parse_backends(["trdq-w8a8-sim-qk6"])[0], False), (names[0], True)):
+        built = bench.build(spec, backend, fitted)
+        processors = [m.processor for m in built.transformer.modules() if isinstance(m, Attention)]
+        assert processors and all(isinstance(p, QuantAttnProcessor) and p.quant == AttentionQuant(backend.attention_bits, real)
+                                  for p in processors)

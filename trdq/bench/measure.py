@@ -399,6 +399,7 @@ def measure(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> 
         "dtype": spec.real_dtype if execution == REAL else backend.dtype, "compiled": built.compiled,
         "compile_s": built.compile_s, "library": built.library, "quantized_layers": built.quantized_layers,
         "note": built.note, "deployment": backend.deployment, "gemm": int8_gemms(built.transformer),
+        "attention_bits": backend.attention_bits,
         "compact_rotations": compact_rotations(built.transformer),
         "status": "ok", **timings,
         "weight_bytes": weight_bytes(built.transformer), "build_s": round(build_s, 2),

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trdq.attention import AttentionQuant, quantize_attention
 from trdq.bench.spec import (
     CALIB_INPUTS,
     CALIB_LATENT,
@@ -246,6 +247,8 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
         q = trdq.realize(q, deployment=backend.deployment, base=base, dtype=getattr(torch, spec.real_dtype),
                          compile=spec.compile, compact_rotations=spec.compact_rotations)
     transformer = q.pipe.transformer if hasattr(q, "pipe") else q
+    if backend.attention_bits is not None:  # the fit is the same; only the attention processors differ
+        quantize_attention(transformer, AttentionQuant(backend.attention_bits, real=backend.execution == REAL))
     built = dataclasses.replace(built, model=q, transformer=transformer,
                                 compiled=spec.compile and backend.execution == REAL)
     return to_device(built, spec.device)

@@ -12,6 +12,7 @@ import torch
 from trdq.api import DEPLOYMENTS
 from trdq.config import ROTATIONS, QuantConfig, TimeGroups, parse_bits
 from trdq.cpu import float_dtype
+from trdq.quantizer import check_bits
 
 FULL_PRECISION, SIMULATED, REAL = "full precision", "simulated", "real integer"
 DEFAULT_BACKENDS = ("fp32", "bf16", "trdq-w8a8-sim", "trdq-w8a8-real", "trdq-w4a8-real")
@@ -61,6 +62,8 @@ class Backend:
             float parts run in ``BenchSpec.real_dtype`` like trdq's real backends); None for
             trdq's own backends and plain torch.
         compiled: a full-precision backend whose whole transformer runs under ``torch.compile``.
+        attention_bits: a trdq backend whose attention scores are quantized too (name suffix
+            ``-qk8``; :mod:`trdq.attention`); None: attention in floating point.
     """
 
     name: str
@@ -70,6 +73,7 @@ class Backend:
     deployment: str | None = None
     library: str | None = None
     compiled: bool = False
+    attention_bits: int | None = None
 
     @property
     def needs_fit(self) -> bool:
@@ -87,15 +91,16 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
         ValueError: for an unknown name or deployment, naming what is accepted.
     """
     compiled = [f"{fp}{COMPILED_SUFFIX}" for fp in FULL_PRECISION_DTYPES]
-    hint = (f"use {', '.join([*FULL_PRECISION_DTYPES, *compiled, *PEER_LIBRARIES])}, trdq-wXaY-sim, "
-            f"trdq-wXaY-real[-per-group|-shared|-jit], e.g. {','.join(DEFAULT_BACKENDS)}")
+    hint = (f"use {', '.join([*FULL_PRECISION_DTYPES, *compiled, *PEER_LIBRARIES])}, trdq-wXaY-sim[-qkB], "
+            f"trdq-wXaY-real[-per-group|-shared|-jit][-qkB] (-qkB: attention scores at B bits, e.g. -qk8), "
+            f"e.g. {','.join(DEFAULT_BACKENDS)}")
     bad = [d for d in deployments if d not in DEPLOYMENTS]
     if bad or not deployments:
         raise ValueError(f"unknown deployment(s) {bad or list(deployments)}; "
                          f"choose from {', '.join(DEPLOYMENTS)}")
     out: list[Backend] = []
     for name in names:
-        m = re.fullmatch(rf"trdq-(w\d+a\d+)-(sim|real)(?:-({'|'.join(DEPLOYMENTS)}))?", name)
+        m = re.fullmatch(rf"trdq-(w\d+a\d+)-(sim|real)(?:-({'|'.join(DEPLOYMENTS)}))?(?:-qk(\d+))?", name)
         fp = name.removesuffix(COMPILED_SUFFIX)
         if fp in FULL_PRECISION_DTYPES:
             out.append(Backend(name, FULL_PRECISION_DTYPES[fp], compiled=fp != name))
@@ -106,12 +111,15 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
                              "(W8A8 only, their float parts in --real-dtype)")
         elif m is None or (m.group(2) == "sim" and m.group(3)):
             raise ValueError(f"unknown backend {name!r}; {hint}")
-        elif m.group(2) == "sim":
-            out.append(Backend(name, bits=_bits(m.group(1)), execution=SIMULATED))
         else:
+            qk = None if m.group(4) is None else check_bits(int(m.group(4)), f"{name}: attention bits (-qkB)")
+            if m.group(2) == "sim":
+                out.append(Backend(name, bits=_bits(m.group(1)), execution=SIMULATED, attention_bits=qk))
+                continue
             ds = [m.group(3)] if m.group(3) else list(deployments)
-            out += [Backend(f"{name}-{d}" if len(ds) > 1 else name, bits=_bits(m.group(1)), execution=REAL,
-                            deployment=d) for d in ds]
+            stem, qk_suffix = (name, "") if qk is None else name.rsplit("-", 1)
+            out += [Backend(f"{stem}-{d}{'-' + qk_suffix if qk_suffix else ''}" if len(ds) > 1 else name,
+                            bits=_bits(m.group(1)), execution=REAL, deployment=d, attention_bits=qk) for d in ds]
     if not out:
         raise ValueError(f"no backends given; {hint}")
     return list({b.name: b for b in out}.values())
