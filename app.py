@@ -8,15 +8,17 @@ Run ``python app.py`` and open the printed address. Tabs:
   memory and weight size, labelled "simulated" (fake quantization in floating point) or "real
   integer" (int8 GEMMs, packed 4-bit weights). The page opens on a precomputed grid.
 - **Quantize**: method, bits, time groups, alpha_g per group (searched or set), rotation, CFG
-  split, Attention-Sharing and execution. Method and bits make the configuration the Distributions
-  and Trajectory tabs analyse; the rest of the recipe applies to every Compare slot too.
+  split, quantized attention scores, Attention-Sharing and execution. Method and bits make the
+  configuration the Distributions and Trajectory tabs analyse; the rest of the recipe applies to
+  every Compare slot too.
 - **Distributions**: a layer's activations and weights before and after smoothing and rotation,
   per time group.
 - **Trajectory**: the per-step noise-prediction error against FP, shaded by time group, and the
   cond/uncond attention similarity per layer and step.
 - **Benchmark**: the measured latency and memory of ``python -m trdq bench``.
 
-Handlers are plain functions of the UI values (tested directly); errors become ``gr.Error``. The
+Handlers are plain functions (tested directly) of the UI values and one :class:`Recipe`, the Quantize
+tab's settings, which :func:`build_demo`'s events make from the widgets; errors become ``gr.Error``. The
 maths and the shipped answers live in :mod:`analysis.compare` and :mod:`analysis.examples`.
 """
 
@@ -28,6 +30,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -38,7 +42,7 @@ import plotly.graph_objects as go
 import trdq
 from analysis import compare as grid
 from analysis import examples as shipped
-from analysis.compare import CALIBRATION, DEFAULT_SLOTS
+from analysis.compare import CALIBRATION, DEFAULT_RECIPE, DEFAULT_SLOTS
 from trdq.api import calibrate_groups
 from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, parse_bits
 from trdq.cpu import cpu_info
@@ -59,6 +63,8 @@ EXECUTIONS = {"simulated": None, "real integer (per-group weights)": "per-group"
               "real integer (one shared weight copy)": "shared",
               "real integer (one int8 master, codes built per call)": "jit"}
 SHARING = ["off", "1", "2", "4", "0.9", "25%", "50%"]
+# Attention scores QK^T in floating point, or quantized (docs/method.md §10)
+ATTENTION = {"float": None, "8-bit scores (QKᵀ)": 8, "6-bit scores (QKᵀ)": 6}
 # Quantized models kept between requests, by the memory their tensors take (TRDQ_APP_CACHE_GIB).
 CACHE_GIB = float(os.environ.get("TRDQ_APP_CACHE_GIB", "3"))
 MODEL_CACHE = ModelCache(int(CACHE_GIB * 2**30))
@@ -137,24 +143,69 @@ def model_name(label: str) -> str:
     return name
 
 
-def make_config(method: str, bits: str, groups: float, rotation: str, block_size: float, search_alpha: bool,
-                alphas: list[float], cfg_split: bool = False, uncond_bits: str = "same") -> trdq.QuantConfig:
-    """UI values -> a validated config; invalid values become a UI error that says what to change."""
-    try:
-        w_bits, a_bits = parse_bits(bits)
-        n = int(groups)
-        if search_alpha:
-            alpha = None
-        elif n <= len(alphas):
-            alpha = tuple(float(a) for a in alphas[:n])
-        else:
-            raise ValueError(f"alpha sliders cover {len(alphas)} groups; with {n} groups search alpha_g instead")
-        uncond = None if not cfg_split or uncond_bits in (None, "", "same") else parse_bits(uncond_bits)
-        return trdq.QuantConfig(method=method, w_bits=w_bits, a_bits=a_bits, time_groups=trdq.TimeGroups(n),
-                                rotation=rotation, alpha=alpha, block_size=int(block_size), cfg_split=bool(cfg_split),
-                                uncond_bits=uncond)
-    except ValueError as err:
-        raise gr.Error(str(err)) from None
+@dataclass(frozen=True)
+class Recipe:
+    """The Quantize tab's settings other than method and bits, as one value. Every handler that
+    quantizes takes one; :meth:`from_widgets` is the one place widget values become it.
+
+    Attributes:
+        groups: time groups (TR-DQ and ViDiT-Q).
+        rotation, block_size: TR-DQ's rotation and its block size.
+        search_alpha: search alpha_g per group; else ``alphas`` gives one per group.
+        alphas: the alpha sliders, one per group up to :data:`MAX_GROUPS`.
+        cfg_split, uncond_bits: quantize the CFG branches apart, the unconditional one at these bits
+            ("same": the slot's).
+        attention: a key of :data:`ATTENTION`: attention scores in float or quantized.
+        share: the Attention-Sharing rule (:data:`SHARING`, or typed), "off" for none.
+        execution: a key of :data:`EXECUTIONS`.
+    """
+
+    groups: int = DEFAULT_RECIPE["groups"]
+    rotation: str = DEFAULT_RECIPE["rotation"]
+    block_size: int = DEFAULT_RECIPE["block_size"]
+    search_alpha: bool = True
+    alphas: tuple[float, ...] = field(default=(0.5,) * MAX_GROUPS)
+    cfg_split: bool = False
+    uncond_bits: str = "same"
+    attention: str = "float"
+    share: str = "off"
+    execution: str = "simulated"
+
+    def __post_init__(self):
+        if self.execution not in EXECUTIONS:
+            raise gr.Error(f"Unknown execution {self.execution!r}; choose one of: {', '.join(EXECUTIONS)}.")
+        if self.attention not in ATTENTION:
+            raise gr.Error(f"Unknown attention setting {self.attention!r}; choose one of: {', '.join(ATTENTION)}.")
+
+    @classmethod
+    def from_widgets(cls, groups: float, rotation: str, block_size: float, search_alpha: bool, cfg_split: bool,
+                     uncond_bits: str, attention: str, share: str, execution: str, *alphas: float) -> Recipe:
+        """Widget values, in the order of the page's recipe widgets, then the alpha sliders."""
+        return cls(groups=int(groups), rotation=rotation, block_size=int(block_size), search_alpha=bool(search_alpha),
+                   alphas=tuple(float(a) for a in alphas), cfg_split=bool(cfg_split),
+                   uncond_bits=uncond_bits or "same", attention=attention or "float", share=str(share or "off"),
+                   execution=execution)
+
+    def config(self, method: str, bits: str) -> trdq.QuantConfig:
+        """The validated config of ``method`` at ``bits`` under this recipe; invalid values become a UI
+        error that says what to change."""
+        try:
+            w_bits, a_bits = parse_bits(bits)
+            n = self.groups
+            if self.search_alpha:
+                alpha = None
+            elif n <= len(self.alphas):
+                alpha = self.alphas[:n]
+            else:
+                raise ValueError(f"alpha sliders cover {len(self.alphas)} groups; with {n} groups search alpha_g "
+                                 "instead")
+            uncond = None if not self.cfg_split or self.uncond_bits == "same" else parse_bits(self.uncond_bits)
+            return trdq.QuantConfig(method=method, w_bits=w_bits, a_bits=a_bits, time_groups=trdq.TimeGroups(n),
+                                    rotation=self.rotation, alpha=alpha, block_size=self.block_size,
+                                    cfg_split=self.cfg_split, uncond_bits=uncond,
+                                    attention_bits=ATTENTION[self.attention])
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
 
 
 def sharing_plan(name: str, share: str):
@@ -238,12 +289,10 @@ def _header(prompt: str, seed: int, steps: int, guidance: float, source: str) ->
 # ---------------------------------------------------------------- handlers
 
 
-def quantize(model_label: str, method: str, bits: str, groups: float, rotation: str, block_size: float,
-             search_alpha: bool, cfg_split: bool, uncond_bits: str, *alphas, progress=gr.Progress()) -> str:
+def quantize(model_label: str, method: str, bits: str, recipe: Recipe, progress=gr.Progress()) -> str:
     """Handler of the Quantize button: calibrate (once per configuration) and say what was made."""
     name = model_name(model_label)
-    config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
-                         uncond_bits)
+    config = recipe.config(method, bits)
     progress(0.1, desc=f"calibrating {method} {config.bits} on {CALIBRATION[name]} prompts")
     fresh = ("simulated", name, config) not in MODEL_CACHE
     t0 = time.perf_counter()
@@ -254,9 +303,10 @@ def quantize(model_label: str, method: str, bits: str, groups: float, rotation: 
     seconds = time.perf_counter() - t0
     layers = sum(1 for m in q.pipe.transformer.modules() if type(m).__name__ == "QuantLinear")
     alpha = "searched per group" if config.alpha is None else ", ".join(f"{a:g}" for a in config.alphas())
+    attention = "" if config.attention_bits is None else f", attention scores at {config.attention_bits} bits"
     return (f"**{name} · {method} {config.bits} · simulated** — {layers} linear layers quantized, "
             f"{config.time_groups.num_groups} time groups, alpha_g {alpha}, rotation {config.rotation} "
-            f"(block {config.block_size}){', CFG split' if config.cfg_split else ''}. "
+            f"(block {config.block_size}){', CFG split' if config.cfg_split else ''}{attention}. "
             + (f"Calibrated in {seconds:.1f} s." if fresh else "Taken from the cache (calibrated earlier).")
             + (" The search's choices (alpha_g and transform per layer and group) came from the shipped "
                "search of these settings on the same calibration (assets/examples; the same model as "
@@ -286,31 +336,24 @@ def slots_note(*slots: str) -> str:
 
 
 def compare(model_label: str, prompt: str, seed: float, steps: float, guidance: float,
-            method_1: str, bits_1: str, method_2: str, bits_2: str, method_3: str, bits_3: str,
-            method_4: str, bits_4: str, groups: float, rotation: str, block_size: float, search_alpha: bool,
-            cfg_split: bool, uncond_bits: str, share: str, execution: str, *alphas,
-            progress=gr.Progress()) -> list:
-    """Handler of the Compare button: FP and every slot that is not off, from one seed, in a grid
-    (see :func:`grid_values`). The Quantize tab's recipe (groups, alpha_g, rotation, CFG split,
-    sharing, execution) applies to every slot; each slot sets method and bits."""
+            slots: Sequence[tuple[str, str]], recipe: Recipe, progress=gr.Progress()) -> list:
+    """Handler of the Compare button: FP and every slot (method, bits) that is not off, from one
+    seed, in a grid (see :func:`grid_values`). The recipe (groups, alpha_g, rotation, CFG split,
+    attention, sharing, execution) applies to every slot."""
     name = model_name(model_label)
-    prompt = check_prompt(name, prompt, steps, groups)
-    picked = ((method_1, bits_1), (method_2, bits_2), (method_3, bits_3), (method_4, bits_4))
-    configs = [make_config(m, b, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
-                           uncond_bits) for m, b in picked if m not in (None, "", "off")]
-    if execution not in EXECUTIONS:
-        raise gr.Error(f"Unknown execution {execution!r}; choose one of: {', '.join(EXECUTIONS)}.")
-    if cfg_split and share not in (None, "", "off"):
+    prompt = check_prompt(name, prompt, steps, recipe.groups)
+    configs = [recipe.config(m, b) for m, b in slots if m not in (None, "", "off")]
+    if recipe.cfg_split and recipe.share != "off":
         raise gr.Error("Attention-Sharing needs both CFG branches in one batch; turn off the CFG split or "
                        "the sharing.")
     seed, steps = check_seed(seed), int(steps)
-    plan = sharing_plan(name, share)
+    plan = sharing_plan(name, recipe.share)
     quantized = []
     for i, config in enumerate(configs):
         progress(0.05 + 0.6 * i / len(configs),
                  desc=f"calibrating {config.method} {config.bits} (once per setting)")
         try:
-            quantized.append((config, executed_model(name, config, execution), plan))
+            quantized.append((config, executed_model(name, config, recipe.execution), plan))
         except ValueError as err:
             raise gr.Error(str(err)) from None
     outputs = grid.run_grid(fp_model(name), quantized, prompt, seed, steps, float(guidance), detector(),
@@ -339,14 +382,12 @@ def switch_model(model_label: str) -> list:
     return [EXAMPLES[name][0], *show_example(model_label, EXAMPLES[name][0])]
 
 
-def layer_choices(model_label: str, method: str, bits: str, groups: float, rotation: str, block_size: float,
-                  search_alpha: bool, cfg_split: bool, uncond_bits: str, *alphas):
+def layer_choices(model_label: str, method: str, bits: str, recipe: Recipe):
     """The quantized layers of the current configuration, for the Distributions picker."""
     from analysis.collect import quantized_layers
 
     name = model_name(model_label)
-    config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
-                         uncond_bits)
+    config = recipe.config(method, bits)
     names = quantized_layers(quantized_model(name, config))
     n = config.time_groups.num_groups
     # a slider needs minimum < maximum: with one group it shows 0..1, fixed at 0
@@ -363,12 +404,10 @@ def _collected(name: str, config: trdq.QuantConfig, layer: str, steps: int, guid
 
 
 def distributions(model_label: str, layer: str, group: float, steps: float, guidance: float, method: str,
-                  bits: str, groups: float, rotation: str, block_size: float, search_alpha: bool, cfg_split: bool,
-                  uncond_bits: str, *alphas, progress=gr.Progress()):
+                  bits: str, recipe: Recipe, progress=gr.Progress()):
     """Handler of the Distributions tab: figures, statistics and a caption of one layer in one time group."""
     name = model_name(model_label)
-    config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
-                         uncond_bits)
+    config = recipe.config(method, bits)
     if not layer:
         raise gr.Error("Pick a layer first (press 'List layers').")
     if not 0 <= int(group) < config.time_groups.num_groups:
@@ -386,15 +425,13 @@ def distributions(model_label: str, layer: str, group: float, steps: float, guid
             caption)
 
 
-def trajectory(model_label: str, steps: float, guidance: float, method: str, bits: str, groups: float,
-               rotation: str, block_size: float, search_alpha: bool, cfg_split: bool, uncond_bits: str, *alphas,
+def trajectory(model_label: str, steps: float, guidance: float, method: str, bits: str, recipe: Recipe,
                progress=gr.Progress()):
     """Handler of the Trajectory tab: per-step error vs FP, cond/uncond attention similarity, a caption."""
     name = model_name(model_label)
-    config = make_config(method, bits, groups, rotation, block_size, search_alpha, list(alphas), cfg_split,
-                         uncond_bits)
-    if int(groups) > int(steps):
-        raise gr.Error(f"{int(groups)} time groups need at least as many sampling steps.")
+    config = recipe.config(method, bits)
+    if recipe.groups > int(steps):
+        raise gr.Error(f"{recipe.groups} time groups need at least as many sampling steps.")
     progress(0.2, desc="noise-prediction error along the FP trajectory, then attention similarity")
     case = shipped.trajectory_case(fp_model(name), quantized_model(name, config), int(steps), float(guidance),
                                    similarity(name))
@@ -486,14 +523,16 @@ GUIDES = {
         "colour, shape and position (direction for clips), ✓ or ✗ against the prompt as the evaluator scores "
         "adherence; the grid opens at W3A3, where the methods part ways (at W8A8-W4A4 they all look like FP)."
         " Each slot sets a method and bits; the rest of the recipe (time groups, alpha_g, rotation, CFG "
-        "split, Attention-Sharing, execution) comes from the Quantize tab and applies to every slot, each "
+        "split, attention scores, Attention-Sharing, execution) comes from the Quantize tab and applies to every slot, each "
         "method using the parts it has."
     ),
     "Quantize": (
         "Method and bits here make the configuration the Distributions and Trajectory tabs analyse; the other"
         " settings are the recipe every Compare slot shares. Widths go down to 2 bits: the real integer path "
         "runs every width, but only W4/W8 weights and A8 activations have kernels of their own, so a note "
-        "says when a setting's savings are simulated only."
+        "says when a setting's savings are simulated only. Attention scores QKᵀ can be quantized too (beyond "
+        "the paper, after SageAttention): int8 queries and keys, the keys' mean over tokens subtracted first, "
+        "which softmax does not see."
     ),
     "Distributions": (
         "An outlier is a channel whose largest |x| stands far above the others: a spike in the per-channel "
@@ -553,116 +592,146 @@ def _grid(values: list) -> list:
     return [header, *parts]
 
 
-with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
-    gr.Markdown(INTRO)
-    with gr.Row():
-        model = gr.Radio(AVAILABLE, value=AVAILABLE[0], label="Model")
-        steps = gr.Slider(1, 50, value=20, step=1, label="Sampling steps (DDIM)")
-        guidance = gr.Slider(1.0, 10.0, value=4.5, step=0.5, label="Guidance scale")
-    with gr.Tab("Compare"):
-        gr.Markdown(GUIDES["Compare"])
+def build_demo() -> gr.Blocks:
+    """The page: the shared model and sampler settings, the five tabs, and their events. Handlers get
+    plain values; the Quantize tab's recipe widgets reach them as one :class:`Recipe`."""
+    recipe = Recipe()  # the widgets open on its defaults
+    with gr.Blocks(title="trdq: time-rotation diffusion quantization") as demo:
+        gr.Markdown(INTRO)
         with gr.Row():
-            with gr.Column(scale=1, min_width=240):
-                prompt = gr.Textbox(label="Prompt", value=EXAMPLES["shapes-t2i"][0])
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
-                compare_button = gr.Button("Compare", variant="primary")
-            with gr.Column(scale=4):
-                slot_inputs = _slot_pickers()
-        slot_info = gr.Markdown(slots_note(*(v for slot in DEFAULT_SLOTS for v in slot)))
-        # the page opens on the shipped default grid, drawn with the page itself: no wait for an event
-        grid_outputs = _grid(show_example(AVAILABLE[0]))
-        rows = [[label, p] for label in AVAILABLE for p in shipped.shipped_prompts(MODELS[label])]
-        if rows:
-            gr.Examples(rows, inputs=[model, prompt], outputs=grid_outputs, fn=show_example,
-                        run_on_click=True, cache_examples=False,
-                        label="Precomputed examples (the default grid, shown at once)")
-    with gr.Tab("Quantize"):
-        gr.Markdown(GUIDES["Quantize"])
-        with gr.Row():
-            with gr.Column():
-                method = gr.Dropdown(list(METHODS), value="trdq", label="Method (TR-DQ or a baseline)")
-                bits = gr.Dropdown(BITS, value=DEFAULT_SLOTS[-1][1], allow_custom_value=True,
-                                   label="Bits (weights/activations, WxAy with 2..8 each)")
-                bits_info = gr.Markdown(bits_note(DEFAULT_SLOTS[-1][1]))
-                groups = gr.Slider(1, 20, value=grid.DEFAULT_RECIPE["groups"], step=1,
-                                   label="Time groups (TR-DQ, ViDiT-Q)")
-                rotation = gr.Radio(list(ROTATIONS), value=grid.DEFAULT_RECIPE["rotation"],
-                                    label="Rotation (TR-DQ)")
-                block_size = gr.Slider(8, 192, value=grid.DEFAULT_RECIPE["block_size"], step=8,
-                                       label="Rotation block size")
-            with gr.Column():
-                search_alpha = gr.Checkbox(value=True, label="Search alpha_g per time group")
-                alpha_sliders = [gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=f"alpha, group {g}")
-                                 for g in range(MAX_GROUPS)]
-            with gr.Column():
-                cfg_split = gr.Checkbox(value=False, label="CFG split: quantize the branches apart")
-                uncond_bits = gr.Dropdown(["same"] + BITS, value="same", allow_custom_value=True,
-                                          label="Unconditional branch bits")
-                share = gr.Dropdown(SHARING, value="off", label="Attention-Sharing: layers (N), cosine threshold, or share of uncond score compute (P%)")
-                execution = gr.Radio(list(EXECUTIONS), value="simulated", label="Execution")
-                quantize_button = gr.Button("Quantize", variant="primary")
-                quantize_info = gr.Markdown()
-    config_inputs = [method, bits, groups, rotation, block_size, search_alpha, cfg_split, uncond_bits]
-    recipe_inputs = [groups, rotation, block_size, search_alpha, cfg_split, uncond_bits, share, execution]
-    with gr.Tab("Distributions"):
-        gr.Markdown(GUIDES["Distributions"])
-        opening = shipped_distributions(AVAILABLE[0])  # the tab opens on the shipped case
-        with gr.Row():
-            list_button = gr.Button("List layers")
-            layer = gr.Dropdown([opening[0]] if opening[0] else [], value=opening[0], label="Layer",
-                                allow_custom_value=True)
-            group = gr.Slider(0, grid.DEFAULT_RECIPE["groups"] - 1, value=opening[1], step=1,
-                              label="Time group")
-            show_button = gr.Button("Show", variant="primary")
-        distributions_caption = gr.Markdown(opening[7])
-        with gr.Row():
-            hist_plot = gr.Plot(opening[2], label="Histogram")
-            surface_plot = gr.Plot(opening[3], label="|x| per token and channel")
-        with gr.Row():
-            channel_plot = gr.Plot(opening[4], label="Per-channel abs-max of the input")
-            weight_plot = gr.Plot(opening[5], label="Per-input-channel abs-max of the weight")
-        stats_table = gr.Dataframe(opening[6], label="Statistics per time group", wrap=True)
-    with gr.Tab("Trajectory"):
-        gr.Markdown(GUIDES["Trajectory"])
-        opening = shipped_trajectory(AVAILABLE[0])
-        trajectory_button = gr.Button("Measure", variant="primary")
-        trajectory_caption = gr.Markdown(opening[2])
-        curve_plot = gr.Plot(opening[0], label="Noise-prediction SQNR vs FP")
-        similarity_plot = gr.Plot(opening[1], label="Cond/uncond attention similarity")
-    with gr.Tab("Benchmark"):
-        gr.Markdown(GUIDES["Benchmark"])
-        files = benchmark_files()
-        bench_file = gr.Dropdown(files, value=files[0] if files else None, label="Report")
-        bench_button = gr.Button("Show", variant="primary")
-        opening = benchmark(files[0]) if files else ("", None)  # the tab opens on this CPU class's report
-        bench_md = gr.Markdown(opening[0])
-        bench_plot = gr.Plot(opening[1])
+            model = gr.Radio(AVAILABLE, value=AVAILABLE[0], label="Model")
+            steps = gr.Slider(1, 50, value=20, step=1, label="Sampling steps (DDIM)")
+            guidance = gr.Slider(1.0, 10.0, value=4.5, step=0.5, label="Guidance scale")
+        with gr.Tab("Compare"):
+            gr.Markdown(GUIDES["Compare"])
+            with gr.Row():
+                with gr.Column(scale=1, min_width=240):
+                    prompt = gr.Textbox(label="Prompt", value=EXAMPLES["shapes-t2i"][0])
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+                    compare_button = gr.Button("Compare", variant="primary")
+                with gr.Column(scale=4):
+                    slot_inputs = _slot_pickers()
+            slot_info = gr.Markdown(slots_note(*(v for slot in DEFAULT_SLOTS for v in slot)))
+            # the page opens on the shipped default grid, drawn with the page itself: no wait for an event
+            grid_outputs = _grid(show_example(AVAILABLE[0]))
+            rows = [[label, p] for label in AVAILABLE for p in shipped.shipped_prompts(MODELS[label])]
+            if rows:
+                gr.Examples(rows, inputs=[model, prompt], outputs=grid_outputs, fn=show_example,
+                            run_on_click=True, cache_examples=False,
+                            label="Precomputed examples (the default grid, shown at once)")
+        with gr.Tab("Quantize"):
+            gr.Markdown(GUIDES["Quantize"])
+            with gr.Row():
+                with gr.Column():
+                    method = gr.Dropdown(list(METHODS), value="trdq", label="Method (TR-DQ or a baseline)")
+                    bits = gr.Dropdown(BITS, value=DEFAULT_SLOTS[-1][1], allow_custom_value=True,
+                                       label="Bits (weights/activations, WxAy with 2..8 each)")
+                    bits_info = gr.Markdown(bits_note(DEFAULT_SLOTS[-1][1]))
+                    groups = gr.Slider(1, 20, value=recipe.groups, step=1,
+                                       label="Time groups (TR-DQ, ViDiT-Q)")
+                    rotation = gr.Radio(list(ROTATIONS), value=recipe.rotation,
+                                        label="Rotation (TR-DQ)")
+                    block_size = gr.Slider(8, 192, value=recipe.block_size, step=8,
+                                           label="Rotation block size")
+                with gr.Column():
+                    search_alpha = gr.Checkbox(value=recipe.search_alpha, label="Search alpha_g per time group")
+                    alpha_sliders = [gr.Slider(0.0, 1.0, value=a, step=0.05, label=f"alpha, group {g}")
+                                     for g, a in enumerate(recipe.alphas)]
+                with gr.Column():
+                    cfg_split = gr.Checkbox(value=recipe.cfg_split, label="CFG split: quantize the branches apart")
+                    uncond_bits = gr.Dropdown(["same"] + BITS, value=recipe.uncond_bits, allow_custom_value=True,
+                                              label="Unconditional branch bits")
+                    share = gr.Dropdown(SHARING, value=recipe.share, label="Attention-Sharing: layers (N), cosine threshold, or share of uncond score compute (P%)")
+                    attention = gr.Radio(list(ATTENTION), value=recipe.attention,
+                                         label="Attention scores QKᵀ (beyond the paper: int8 Q and mean-subtracted K)")
+                    execution = gr.Radio(list(EXECUTIONS), value=recipe.execution, label="Execution")
+                    quantize_button = gr.Button("Quantize", variant="primary")
+                    quantize_info = gr.Markdown()
+        # the order of Recipe.from_widgets
+        recipe_inputs = [groups, rotation, block_size, search_alpha, cfg_split, uncond_bits, attention, share,
+                         execution, *alpha_sliders]
+        with gr.Tab("Distributions"):
+            gr.Markdown(GUIDES["Distributions"])
+            opening = shipped_distributions(AVAILABLE[0])  # the tab opens on the shipped case
+            with gr.Row():
+                list_button = gr.Button("List layers")
+                layer = gr.Dropdown([opening[0]] if opening[0] else [], value=opening[0], label="Layer",
+                                    allow_custom_value=True)
+                group = gr.Slider(0, grid.DEFAULT_RECIPE["groups"] - 1, value=opening[1], step=1,
+                                  label="Time group")
+                show_button = gr.Button("Show", variant="primary")
+            distributions_caption = gr.Markdown(opening[7])
+            with gr.Row():
+                hist_plot = gr.Plot(opening[2], label="Histogram")
+                surface_plot = gr.Plot(opening[3], label="|x| per token and channel")
+            with gr.Row():
+                channel_plot = gr.Plot(opening[4], label="Per-channel abs-max of the input")
+                weight_plot = gr.Plot(opening[5], label="Per-input-channel abs-max of the weight")
+            stats_table = gr.Dataframe(opening[6], label="Statistics per time group", wrap=True)
+        with gr.Tab("Trajectory"):
+            gr.Markdown(GUIDES["Trajectory"])
+            opening = shipped_trajectory(AVAILABLE[0])
+            trajectory_button = gr.Button("Measure", variant="primary")
+            trajectory_caption = gr.Markdown(opening[2])
+            curve_plot = gr.Plot(opening[0], label="Noise-prediction SQNR vs FP")
+            similarity_plot = gr.Plot(opening[1], label="Cond/uncond attention similarity")
+        with gr.Tab("Benchmark"):
+            gr.Markdown(GUIDES["Benchmark"])
+            files = benchmark_files()
+            bench_file = gr.Dropdown(files, value=files[0] if files else None, label="Report")
+            bench_button = gr.Button("Show", variant="primary")
+            opening = benchmark(files[0]) if files else ("", None)  # the tab opens on this CPU class's report
+            bench_md = gr.Markdown(opening[0])
+            bench_plot = gr.Plot(opening[1])
 
-    distribution_outputs = [layer, group, hist_plot, surface_plot, channel_plot, weight_plot, stats_table,
-                            distributions_caption]
-    trajectory_outputs = [curve_plot, similarity_plot, trajectory_caption]
-    # precomputed answers of the other model on a switch; light reads, so outside the one-at-a-time queue
-    ui_only = {"concurrency_limit": None, "api_visibility": "undocumented"}
-    model.input(switch_model, inputs=model, outputs=[prompt, *grid_outputs], **ui_only)
-    model.input(shipped_distributions, inputs=model, outputs=distribution_outputs, **ui_only)
-    model.input(shipped_trajectory, inputs=model, outputs=trajectory_outputs, **ui_only)
-    bits.change(bits_note, inputs=bits, outputs=bits_info, **ui_only)
-    for picker in slot_inputs:
-        picker.change(slots_note, inputs=slot_inputs, outputs=slot_info, **ui_only)
-    quantize_button.click(quantize, inputs=[model, *config_inputs, *alpha_sliders], outputs=quantize_info,
-                          api_name="quantize")
-    compare_button.click(compare, inputs=[model, prompt, seed, steps, guidance, *slot_inputs, *recipe_inputs,
-                                          *alpha_sliders],
-                         outputs=grid_outputs, api_name="compare")
-    list_button.click(layer_choices, inputs=[model, *config_inputs, *alpha_sliders], outputs=[layer, group],
-                      api_name="layers")
-    show_button.click(distributions, inputs=[model, layer, group, steps, guidance, *config_inputs, *alpha_sliders],
-                      outputs=distribution_outputs[2:], api_name="distributions")
-    trajectory_button.click(trajectory, inputs=[model, steps, guidance, *config_inputs, *alpha_sliders],
-                            outputs=trajectory_outputs, api_name="trajectory")
-    bench_button.click(benchmark, inputs=bench_file, outputs=[bench_md, bench_plot], api_name="benchmark")
+        distribution_outputs = [layer, group, hist_plot, surface_plot, channel_plot, weight_plot, stats_table,
+                                distributions_caption]
+        trajectory_outputs = [curve_plot, similarity_plot, trajectory_caption]
+        # precomputed answers of the other model on a switch; light reads, so outside the one-at-a-time queue
+        ui_only = {"concurrency_limit": None, "api_visibility": "undocumented"}
+        model.input(switch_model, inputs=model, outputs=[prompt, *grid_outputs], **ui_only)
+        model.input(shipped_distributions, inputs=model, outputs=distribution_outputs, **ui_only)
+        model.input(shipped_trajectory, inputs=model, outputs=trajectory_outputs, **ui_only)
+        bits.change(bits_note, inputs=bits, outputs=bits_info, **ui_only)
+        for picker in slot_inputs:
+            picker.change(slots_note, inputs=slot_inputs, outputs=slot_info, **ui_only)
 
-demo.queue(default_concurrency_limit=1)
+        def on_quantize(model_label, method_, bits_, *recipe, progress=gr.Progress()):
+            return quantize(model_label, method_, bits_, Recipe.from_widgets(*recipe), progress=progress)
+
+        def on_compare(model_label, prompt_, seed_, steps_, guidance_, *values, progress=gr.Progress()):
+            picked, recipe = values[:len(slot_inputs)], Recipe.from_widgets(*values[len(slot_inputs):])
+            return compare(model_label, prompt_, seed_, steps_, guidance_, list(zip(picked[::2], picked[1::2])),
+                           recipe, progress=progress)
+
+        def on_layers(model_label, method_, bits_, *recipe):
+            return layer_choices(model_label, method_, bits_, Recipe.from_widgets(*recipe))
+
+        def on_distributions(model_label, layer_, group_, steps_, guidance_, method_, bits_, *recipe,
+                             progress=gr.Progress()):
+            return distributions(model_label, layer_, group_, steps_, guidance_, method_, bits_,
+                                 Recipe.from_widgets(*recipe), progress=progress)
+
+        def on_trajectory(model_label, steps_, guidance_, method_, bits_, *recipe, progress=gr.Progress()):
+            return trajectory(model_label, steps_, guidance_, method_, bits_, Recipe.from_widgets(*recipe),
+                              progress=progress)
+
+        quantize_button.click(on_quantize, inputs=[model, method, bits, *recipe_inputs], outputs=quantize_info,
+                              api_name="quantize")
+        compare_button.click(on_compare, inputs=[model, prompt, seed, steps, guidance, *slot_inputs, *recipe_inputs],
+                             outputs=grid_outputs, api_name="compare")
+        list_button.click(on_layers, inputs=[model, method, bits, *recipe_inputs], outputs=[layer, group],
+                          api_name="layers")
+        show_button.click(on_distributions, inputs=[model, layer, group, steps, guidance, method, bits, *recipe_inputs],
+                          outputs=distribution_outputs[2:], api_name="distributions")
+        trajectory_button.click(on_trajectory, inputs=[model, steps, guidance, method, bits, *recipe_inputs],
+                                outputs=trajectory_outputs, api_name="trajectory")
+        bench_button.click(benchmark, inputs=bench_file, outputs=[bench_md, bench_plot], api_name="benchmark")
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+demo = build_demo()
 
 if __name__ == "__main__":
     demo.launch()

@@ -21,21 +21,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 _FIRST_COMPARISON = """
-import time, json
+import dataclasses, json, time
 t0 = time.perf_counter()
 import app
-from analysis.compare import DEFAULT_RECIPE, DEFAULT_SLOTS
+from analysis.compare import DEFAULT_SLOTS
 loaded = time.perf_counter() - t0
 t0 = time.perf_counter()
 app.show_example(app.AVAILABLE[0])
 shipped = time.perf_counter() - t0
-defaults = dict(model=app.AVAILABLE[0], prompt=app.EXAMPLES["shapes-t2i"][0], seed=0, steps=20, guidance=4.5,
-                slots=[v for slot in DEFAULT_SLOTS for v in slot], groups=DEFAULT_RECIPE["groups"],
-                rotation=DEFAULT_RECIPE["rotation"], block_size=DEFAULT_RECIPE["block_size"],
-                search_alpha=True, cfg_split=False, uncond_bits="same", share="off", execution="simulated")
-args = [v for value in defaults.values() for v in (value if isinstance(value, list) else [value])]
+recipe = app.Recipe()  # the page's defaults
 t0 = time.perf_counter()
-app.compare(*args, *[0.5] * app.MAX_GROUPS, progress=lambda *a, **k: None)
+app.compare(app.AVAILABLE[0], app.EXAMPLES["shapes-t2i"][0], 0, 20, 4.5, DEFAULT_SLOTS, recipe,
+            progress=lambda *a, **k: None)
+defaults = dict(model=app.AVAILABLE[0], prompt=app.EXAMPLES["shapes-t2i"][0], seed=0, steps=20, guidance=4.5,
+                slots=[v for slot in DEFAULT_SLOTS for v in slot], **dataclasses.asdict(recipe))
 print(json.dumps({"load_s": loaded, "shipped_grid_s": shipped, "first_comparison_s": time.perf_counter() - t0,
                   "defaults": defaults}))
 """

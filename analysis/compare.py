@@ -281,6 +281,8 @@ def run_grid(fp: trdq.LoadedModel, quantized: Sequence[tuple[trdq.QuantConfig, t
         close = fidelity(out[None], fp_out[None])
         notes = [] if plan is None else [f"sharing {len(plan.layers)} layers "
                                          f"({plan.skipped:.0%} of uncond scores)"]
+        if config.attention_bits is not None:
+            notes.append(f"attention scores QKᵀ at {config.attention_bits} bits")
         if model.quant.execution != "simulated":
             notes += [n for n in (gemm_note(model), real_path_note(config.w_bits, config.a_bits)) if n]
         outputs.append(Output(config.method, config.bits, model.quant.execution, out, seconds, peak,

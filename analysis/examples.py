@@ -232,8 +232,8 @@ def load_choices(model_name: str, config: trdq.QuantConfig, fp: trdq.LoadedModel
     record = {k: v for k, v in calibration_record(fp, prompts).items() if k != "base_fingerprint"}
     if any(data.get(k) != v for k, v in record.items()) or mismatch(data["base_fingerprint"], transformer_of(fp)):
         return None
-    wanted = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
-    entry = next((e for e in data["searches"] if e["config"] == wanted), None)
+    # read back as configs: a field added since the file was written takes its default
+    entry = next((e for e in data["searches"] if trdq.QuantConfig.from_dict(e["config"]) == config), None)
     return None if entry is None else {name: [tuple(c) for c in per_group] for name, per_group in entry["choices"].items()}
 
 

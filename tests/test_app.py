@@ -13,26 +13,19 @@ import app
 from analysis import compare as grid
 from analysis import examples as shipped
 from trdq import motion, shapes
+from trdq.config import QuantConfig
 from trdq.eval.detector import load_detector
 
 IMAGE = "shapes-t2i (image, PixArt)"
 RECIPE = dict(groups=1, rotation="none", block_size=64, search_alpha=True, cfg_split=False, uncond_bits="same",
               share="off", execution="simulated")
-QUANTIZE = dict(method="rtn", bits="w8a8", groups=1, rotation="none", block_size=64, search_alpha=True,
-                cfg_split=False, uncond_bits="same")
-ALPHAS = [0.5] * app.MAX_GROUPS
+ALPHAS = (0.5,) * app.MAX_GROUPS
 FP_PARTS, SLOT_PARTS = 4, 4  # header, FP title, output, facts; per slot title, output, error map, facts
-
-
-def _slots(slots):
-    padded = list(slots) + [("off", "w8a8")] * (app.NUM_SLOTS - len(slots))
-    return [v for slot in padded for v in slot]
 
 
 def _compare(prompt="a large red circle in the center", seed=0, steps=3, guidance=4.5, model=IMAGE,
              slots=(("rtn", "w8a8"),), alphas=ALPHAS, **kw):
-    recipe = {**RECIPE, **kw}
-    return app.compare(model, prompt, seed, steps, guidance, *_slots(slots), *recipe.values(), *alphas)
+    return app.compare(model, prompt, seed, steps, guidance, slots, app.Recipe(**{**RECIPE, **kw}, alphas=alphas))
 
 
 def _columns(values):
@@ -43,9 +36,9 @@ def _columns(values):
             "slots": [tuple(rest[i:i + SLOT_PARTS]) for i in range(0, len(rest), SLOT_PARTS)]}
 
 
-def _quantize_config(**kw):
-    c = {**QUANTIZE, **kw}
-    return [c[k] for k in QUANTIZE]
+def _quantize_config(method="rtn", bits="w8a8", alphas=ALPHAS, **kw):
+    """What the Quantize tab sends: method, bits and the recipe."""
+    return method, bits, app.Recipe(**{**RECIPE, **kw}, alphas=alphas)
 
 
 def _serve_tiny(monkeypatch, label: str, name: str, model, example: str) -> str:
@@ -152,6 +145,25 @@ def test_real_integer_below_the_kernels_widths_says_its_savings_are_simulated():
     title, _, _, facts = _columns(_compare(execution="real integer (per-group weights)",
                                            slots=[("rtn", "w6a6")]))["slots"][0]
     assert "real integer" in title and "simulated only" in facts and "W8A8 containers" in facts
+
+
+def test_quantized_attention_scores_are_a_recipe_setting_and_say_so_under_the_output():
+    facts = _columns(_compare(attention="8-bit scores (QKᵀ)"))["slots"][0][3]
+    assert "attention scores QKᵀ at 8 bits" in facts
+    assert app.Recipe(attention="8-bit scores (QKᵀ)").config("trdq", "w8a8").attention_bits == 8
+    assert app.Recipe().config("trdq", "w8a8").attention_bits is None
+
+
+def test_widget_values_become_one_recipe():
+    recipe = app.Recipe.from_widgets(2.0, "hadamard", 32.0, False, True, "w4a4", "6-bit scores (QKᵀ)", "25%",
+                                     "simulated", *[0.25] * app.MAX_GROUPS)
+    assert recipe == app.Recipe(groups=2, rotation="hadamard", block_size=32, search_alpha=False,
+                                alphas=(0.25,) * app.MAX_GROUPS, cfg_split=True, uncond_bits="w4a4",
+                                attention="6-bit scores (QKᵀ)", share="25%", execution="simulated")
+    config = recipe.config("trdq", "w4a8")
+    assert config.alpha == (0.25, 0.25) and config.uncond_bits == (4, 4) and config.attention_bits == 6
+    with pytest.raises(gr.Error, match="Unknown attention"):
+        app.Recipe(attention="int4")
 
 
 def test_unknown_execution_is_a_ui_error():
@@ -270,9 +282,8 @@ def test_page_opens_on_the_shipped_default_grid():
 def test_shipped_grid_was_made_with_the_app_defaults():
     """The examples show what Compare computes with the page's default values."""
     meta, _, _ = shipped.load_grid("shapes-t2i")
-    defaults = [app.make_config(m, b, grid.DEFAULT_RECIPE["groups"], grid.DEFAULT_RECIPE["rotation"],
-                                grid.DEFAULT_RECIPE["block_size"], True, ALPHAS).to_dict() for m, b in grid.DEFAULT_SLOTS]
-    assert json.loads(json.dumps(defaults)) == meta["configs"]
+    defaults = [app.Recipe().config(m, b) for m, b in grid.DEFAULT_SLOTS]
+    assert defaults == [QuantConfig.from_dict(c) for c in meta["configs"]]
     assert (meta["steps"], meta["guidance"], meta["seed"]) == (20, 4.5, 0)
     assert meta["calibration_prompts"] == app.CALIBRATION["shapes-t2i"]
     assert shipped.shipped_prompts("shapes-t2i") == app.EXAMPLES["shapes-t2i"]
@@ -321,36 +332,36 @@ def test_demo_is_a_blocks_app_with_its_tabs_each_opening_with_a_guide():
 
 @pytest.mark.slow
 def test_quantize_sets_alpha_per_group_and_says_when_it_reuses_a_calibration():
-    args = _quantize_config(method="viditq", groups=2, search_alpha=False)
-    alphas = [0.3, 0.7] + [0.5] * (app.MAX_GROUPS - 2)
-    first = app.quantize(IMAGE, *args, *alphas)
+    args = _quantize_config(method="viditq", groups=2, search_alpha=False,
+                            alphas=(0.3, 0.7) + (0.5,) * (app.MAX_GROUPS - 2))
+    first = app.quantize(IMAGE, *args)
     assert "alpha_g 0.3, 0.7" in first and "2 time groups" in first
-    assert "Taken from the cache" in app.quantize(IMAGE, *args, *alphas)
+    assert "Taken from the cache" in app.quantize(IMAGE, *args)
 
 
 @pytest.mark.slow
 def test_distributions_and_trajectory_draw_their_figures():
     args = _quantize_config(method="trdq", groups=2, rotation="duquant", block_size=32)
-    layer, group = app.layer_choices(IMAGE, *args, *ALPHAS)
+    layer, group = app.layer_choices(IMAGE, *args)
     assert layer.value == "transformer_blocks.0.attn1.to_q" and group.maximum == 1
-    *figs, table, caption = app.distributions(IMAGE, layer.value, 1, 4, 4.5, *args, *ALPHAS)
+    *figs, table, caption = app.distributions(IMAGE, layer.value, 1, 4, 4.5, *args)
     assert all(isinstance(f, go.Figure) for f in figs) and len(figs) == 4
     assert list(table["group"]) == [0, 1] and "Computed now" in caption
-    curve, heat, caption = app.trajectory(IMAGE, 4, 4.5, *args, *ALPHAS)
+    curve, heat, caption = app.trajectory(IMAGE, 4, 4.5, *args)
     assert len(curve.data[0].y) == 4 and isinstance(heat, go.Figure) and "Computed now" in caption
     with pytest.raises(gr.Error, match="Pick a layer"):
-        app.distributions(IMAGE, "", 0, 4, 4.5, *args, *ALPHAS)
+        app.distributions(IMAGE, "", 0, 4, 4.5, *args)
 
 
 def test_distributions_work_with_one_time_group(tiny_image_model):
     args = _quantize_config(method="rtn", groups=1)
-    layer, group = app.layer_choices(tiny_image_model, *args, *ALPHAS)
+    layer, group = app.layer_choices(tiny_image_model, *args)
     # a slider whose minimum equals its maximum is an error in the browser: 0..1, fixed at 0
     assert group.maximum == 1 and group.value == 0 and group.interactive is False
-    *figs, table, caption = app.distributions(tiny_image_model, layer.value, 0, 2, 4.5, *args, *ALPHAS)
+    *figs, table, caption = app.distributions(tiny_image_model, layer.value, 0, 2, 4.5, *args)
     assert len(figs) == 4 and list(table["group"]) == [0]
     with pytest.raises(gr.Error, match="Time group 1 does not exist with 1 group"):
-        app.distributions(tiny_image_model, layer.value, 1, 2, 4.5, *args, *ALPHAS)
+        app.distributions(tiny_image_model, layer.value, 1, 2, 4.5, *args)
 
 
 def test_clips_are_written_once_per_content_and_pruned(monkeypatch, tmp_path):
@@ -401,10 +412,14 @@ def test_gradio_client_round_trip():
         files = app.benchmark_files()
         table, _ = client.predict(files[0], api_name="/benchmark")
         assert "| backend |" in table
-        values = client.predict(IMAGE, "a small blue star on the left", 3, 2, 4.5, *_slots([("rtn", "w8a8")]),
-                                *RECIPE.values(), *ALPHAS, api_name="/compare")
+        slots = ["rtn", "w8a8"] + ["off", "w8a8"] * (app.NUM_SLOTS - 1)
+        recipe = [RECIPE[k] for k in ("groups", "rotation", "block_size", "search_alpha", "cfg_split", "uncond_bits")]
+        values = client.predict(IMAGE, "a small blue star on the left", 3, 2, 4.5, *slots, *recipe,
+                                "8-bit scores (QKᵀ)", RECIPE["share"], RECIPE["execution"], *ALPHAS,
+                                api_name="/compare")
         cols = _columns(list(values))
         assert "full precision" in cols["fp"][0] and "simulated" in cols["slots"][0][0]
+        assert "attention scores QKᵀ at 8 bits" in cols["slots"][0][3]  # the recipe arrived whole
         assert np.asarray(Image.open(cols["slots"][0][1])).shape == (256, 256, 3)
         assert np.asarray(Image.open(cols["slots"][0][2])).shape == (256, 256, 3)
     finally:
