@@ -139,7 +139,7 @@ def model_name(label: str) -> str:
     name = MODELS[label]
     if label not in AVAILABLE:
         raise gr.Error(f"{name} is not in assets/ on this machine; restore it with `git checkout -- assets` "
-                       "or train it (README, 'Retraining').")
+                       "or train it (docs/development.md, 'Retraining the embedded models').")
     return name
 
 
@@ -469,7 +469,7 @@ def shipped_trajectory(model_label: str):
 
 def benchmark_files() -> list[str]:
     """The bench reports, this CPU class's PixArt-XL report first (AVX2-only CPUs run other
-    kernels than VNNI ones, see README "Speed and memory"), then the memory-only ones."""
+    kernels than VNNI ones, see docs/results.md, "Speed and memory"), then the memory-only ones."""
     own = "bench-pixart-xl-random-512.json" if cpu_info().int8_dot else "bench-pixart-xl-random-512-avx2.json"
     return sorted((p.name for pattern in ("bench-*.json", "memory-*.json") for p in RESULTS.glob(pattern)),
                   key=lambda name: (name != own, name.startswith("memory-"), name))

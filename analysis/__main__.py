@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--guidance", type=float, default=4.5)
     out.add_argument("--seed", type=int, default=0)
     out.add_argument("--json", type=Path, required=True)
-    sub.add_parser("readme", help="rewrite the README's tables from assets/results/*.json")
+    sub.add_parser("readme", help="rewrite the tables of README.md and docs/*.md from assets/results/*.json")
     add_report_arguments(sub.add_parser("report", help="quantize a model and write a one-file HTML report"))
     sim = sub.add_parser("similarity", help="cond/uncond attention similarity per layer, head and step (JSON)")
     sim.add_argument("--model", default="shapes-t2i")

@@ -80,16 +80,19 @@ def _cells(table: pd.DataFrame, fmt: str, higher_better: bool) -> pd.DataFrame:
     return out
 
 
-def markdown(records: Sequence[dict], tolerance: float = ADHERENCE_TOLERANCE) -> str:
-    """Three tables (adherence, PSNR against FP, shapes_fd), a row per method and a column per
-    rung, the best per rung in bold; the adherence table ends with :func:`lowest_kept`."""
+def markdown(records: Sequence[dict], tolerance: float = ADHERENCE_TOLERANCE,
+             metrics: Sequence[str] = ("adherence", "psnr_vs_fp", "shapes_fd")) -> str:
+    """A table per metric (by default adherence, PSNR against FP and shapes_fd), a row per method
+    and a column per rung, the best per rung in bold; the adherence table ends with
+    :func:`lowest_kept`."""
     fp = fp_record(records)
     kept = lowest_kept(records, tolerance)
     first = next(r for r in records if r["method"] != "fp")
     parts = [f"{fp['num_prompts']} prompts, {fp['steps']} steps, guidance {fp['guidance']}, seed {fp['seed']}; "
              f"FP: adherence {fp['adherence']:.3f}, shapes_fd {fp['shapes_fd']:.1f}. "
              f"`·`: not evaluated yet. Model: {first['model']}, simulated quantization."]
-    for metric, fmt in (("adherence", ".3f"), ("psnr_vs_fp", ".2f"), ("shapes_fd", ".1f")):
+    formats = {"adherence": ".3f", "psnr_vs_fp": ".2f", "shapes_fd": ".1f"}
+    for metric, fmt in ((m, formats[m]) for m in metrics):
         title, higher = METRICS[metric]
         table = _cells(frontier(records, metric), fmt, higher)
         table.columns = [b.upper() for b in table.columns]

@@ -1,7 +1,8 @@
-"""Rewrite the README's result tables from the JSON files the measuring commands wrote.
+"""Rewrite the result tables of the README and of docs/*.md from the JSON files the measuring
+commands wrote.
 
-Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; nothing in them is
-typed by hand.
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` (a table may appear on
+several pages); nothing in them is typed by hand.
 
     python -m analysis readme
 """
@@ -165,6 +166,31 @@ def sharing_table(path: Path, max_drop: float = 0.02, min_skipped: float = 0.25)
     return _markdown(pd.DataFrame(rows))
 
 
+def attention_table(path: Path, max_psnr_cost: float = 1.0) -> str:
+    """Quantized attention scores beside the same model with float attention: quality, closeness to
+    FP, noise-prediction error, and the cost of quantizing the scores. "bar" (W8A8 rows): at most
+    ``max_psnr_cost`` dB of psnr_vs_fp lost and no adherence drop (issue 15's bar)."""
+    records = [r for r in json.loads(path.read_text()) if "sharing" not in r]
+    linear = {(r["method"], r["bits"]): r for r in records if r["method"] != "fp" and not r.get("attention_bits")}
+    rows = []
+    for r in records:
+        qk = r.get("attention_bits")
+        base = linear.get((r["method"], r["bits"])) if qk else None
+        cost = None if base is None else (base["psnr_vs_fp"] - r["psnr_vs_fp"], base["adherence"] - r["adherence"])
+        rows.append({
+            "method": r["method"], "bits": r["bits"], "attention": "fp" if r["method"] == "fp" else (
+                f"scores at {qk} bits" if qk else "float"),
+            "prompts": r["num_prompts"], "adherence": f"{r['adherence']:.3f}", "shapes_fd": f"{r['shapes_fd']:.2f}",
+            "psnr_vs_fp (dB)": f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "-",
+            "eps_sqnr_db": f"{r['eps_sqnr_db']:.2f}" if r.get("eps_sqnr_db") is not None else "-",
+            "psnr cost (dB)": "-" if cost is None else f"{cost[0]:+.2f}",
+            "adherence drop": "-" if cost is None else f"{cost[1]:+.3f}",
+            "bar": "-" if cost is None or r["bits"] != "w8a8" else (
+                "yes" if cost[0] <= max_psnr_cost and cost[1] <= 0 else "no"),
+        })
+    return _markdown(pd.DataFrame(rows))
+
+
 def _step_split(profile: dict | None, result: dict | None = None) -> str:
     """A profiled step's shares, e.g. ``39% / 55% / - / -`` (see trdq.bench.measure.profile_step)."""
     if not profile:  # reports made before steps were profiled: the transforms' share alone
@@ -190,6 +216,12 @@ def _execution(r: dict) -> str:
 def frontier_table(path: Path) -> str:
     """Quality per method down the bits ladder (see :mod:`analysis.frontier`)."""
     return frontier.markdown(json.loads(path.read_text()))
+
+
+def frontier_adherence_table(path: Path) -> str:
+    """The frontier's adherence table alone, with the lowest bits each method keeps (the README's
+    headline; :func:`frontier_table` has all three)."""
+    return frontier.markdown(json.loads(path.read_text()), metrics=("adherence",))
 
 
 def bench_table(path: Path) -> str:
@@ -335,6 +367,9 @@ TABLES = {
     "sharing-image": (RESULTS / "shapes-t2i-sharing.json", sharing_table),
     "sharing-video": (RESULTS / "shapes-t2v-sharing.json", sharing_table),
     "frontier-image": (RESULTS / "shapes-t2i-frontier.json", frontier_table),
+    "frontier-adherence": (RESULTS / "shapes-t2i-frontier.json", frontier_adherence_table),
+    "attention-image": (RESULTS / "shapes-t2i-attention.json", attention_table),
+    "attention-video": (RESULTS / "shapes-t2v-attention.json", attention_table),
 }
 #: Figure file -> (the JSON it is drawn from, the function that draws it from the records).
 FIGURES = {
@@ -342,19 +377,26 @@ FIGURES = {
 }
 
 
-def update(readme: Path = ROOT / "README.md") -> list[str]:
-    """Replace every table and redraw every figure whose JSON exists; returns the names of the
-    tables and figures written."""
-    text, written = readme.read_text(), []
+def documents() -> list[Path]:
+    """The pages whose tables :func:`update` rewrites: the README and every page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def update(*pages: Path) -> list[str]:
+    """Redraw every figure and replace every table whose JSON exists, in ``pages`` (default:
+    :func:`documents`); returns the names of the figures and tables written, each once."""
+    written = []
     for figure, (path, draw) in FIGURES.items():
         if path.exists():
             draw(json.loads(path.read_text()), figure)
             written.append(figure.name)
-    for name, (path, render) in TABLES.items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
-        if path.exists() and pattern.search(text):
-            body = render(path)
-            text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-            written.append(name)
-    readme.write_text(text)
-    return written
+    for page in pages or documents():
+        text = page.read_text()
+        for name, (path, render) in TABLES.items():
+            pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
+            if path.exists() and pattern.search(text):
+                body = render(path)
+                text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+                written.append(name)
+        page.write_text(text)
+    return list(dict.fromkeys(written))

@@ -8,7 +8,7 @@ The engine itself only needs three facts about a transformer, and they are all h
 - where ``timestep`` sits among the positional arguments of ``forward`` (time groups need it);
 - random inputs of the right shapes for one forward call, for tests, benchmarks and smoke runs.
 
-Add a family with :func:`register` (see the README, "Other architectures").
+Add a family with :func:`register` (see docs/usage.md, "Architectures").
 """
 
 from __future__ import annotations

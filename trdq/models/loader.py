@@ -69,7 +69,8 @@ def resolve(model: str) -> str:
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(
                 f"the embedded model {model!r} is missing from {path}; restore assets/ from the "
-                "repository (git checkout -- assets) or retrain it (see README, 'Retraining')."
+                "repository (git checkout -- assets) or retrain it (see docs/development.md, 'Retraining the "
+                "embedded models')."
             )
         return str(path)
     if os.path.isdir(model):
