@@ -203,3 +203,15 @@ def test_calibrating_takes_a_plain_diffusers_pipeline_call(tiny_pixart):
     assert any(isinstance(m, QuantLinear) for m in qpipe.transformer.modules())
     assert not any(isinstance(m, QuantLinear) for m in pipe.transformer.modules())
     assert qpipe(PROMPTS[:1], **run).images.shape == pipe(PROMPTS[:1], **run).images.shape
+
+
+def test_importing_the_core_pulls_in_no_demo_world_evaluator_benchmark_trainer_analysis_or_gradio():
+    import subprocess
+    import sys
+
+    code = ("import sys, trdq\n"
+            "demo = ('trdq.shapes', 'trdq.motion', 'trdq.worlds', 'trdq.eval', 'trdq.bench', 'trdq.train', "
+            "'analysis', 'gradio', 'app')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(demo)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
