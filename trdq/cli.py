@@ -391,8 +391,12 @@ def cmd_eval(args) -> None:
         record_key,
         write_json,
     )
+    from trdq.eval.shards import Shards
     from trdq.worlds import world
 
+    shards = Shards.from_environment()  # several processes under accelerate launch / torchrun
+    if not shards.main:  # one process reports and writes; the others sample their share
+        log.setLevel(logging.WARNING)
     model = load_any(args.model)  # a quantized folder is evaluated as it is
     caption_world = world(model.settings.world)
     include_fp, configs = quant_configs(args, args.steps or model.settings.steps)
@@ -414,20 +418,24 @@ def cmd_eval(args) -> None:
         log.info("%s holds %d records; %d quantized models left to evaluate", args.json, len(saved), len(configs))
         if not include_fp and not configs:
             return
-    check_writable(args.json)  # now, not after the run
+    if shards.main:
+        check_writable(args.json)  # now, not after the run
     bars: dict[str, tqdm] = {}
 
     def save(new: list[dict]) -> None:
         saved.extend(new)
-        write_json(saved, args.json)
+        if shards.main:
+            write_json(saved, args.json)
 
     def progress(label: str, done: int, total: int) -> None:
+        label += f" ({shards.size} processes, this one's share)" if shards.size > 1 else ""
         bar = bars.setdefault(label, tqdm(total=total, desc=label, unit="img"))
         bar.update(done - bar.n)
 
     records = evaluate(model, scenes, configs, include_fp=include_fp, seed=args.seed, steps=args.steps,
                        guidance=args.guidance, calibration_prompts=calibration, batch_size=args.batch_size,
-                       sharing=sharing, eps_sqnr=not args.no_eps_sqnr, progress=progress, on_records=save)
+                       sharing=sharing, eps_sqnr=not args.no_eps_sqnr,
+                       progress=progress if shards.main else None, on_records=save, shards=shards)
     for bar in bars.values():
         bar.close()
     for r in records:

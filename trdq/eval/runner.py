@@ -18,7 +18,8 @@ from trdq.config import QuantConfig, TimeGroups
 from trdq.eval.clips import score_clips
 from trdq.eval.detector import ShapesDetector, load_detector
 from trdq.eval.metrics import adherence, frechet_distance, psnr, ssim
-from trdq.eval.trajectory import eps_sqnr_per_step
+from trdq.eval.shards import Shards
+from trdq.eval.trajectory import add_powers, eps_power_per_step, sqnr_db
 from trdq.layers import EXECUTION
 from trdq.methods import DEFAULT_FIXED_ALPHA, num_groups, recipe_for
 from trdq.models.loader import LoadedModel
@@ -117,7 +118,7 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
              calibration_prompts: Sequence[str] = (), batch_size: int = 16,
              sharing: Sequence[ShareRule] = (), eps_sqnr: bool = True,
              progress: Callable[[str, int, int], None] | None = None,
-             on_records: Callable[[list[dict]], None] | None = None) -> list[dict]:
+             on_records: Callable[[list[dict]], None] | None = None, shards: Shards = Shards()) -> list[dict]:
     """Evaluate the FP model and one quantized model per config on ``scenes`` (of the model's world:
     :class:`~trdq.shapes.Scene` for images, :class:`~trdq.motion.MovingScene` for clips).
 
@@ -144,6 +145,9 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         against the FP output without sharing; they carry no ``eps_sqnr_db``.
         ``on_records`` receives each model's records (its own and its sharing ones) as soon as they
         are complete, so that a caller can save them before the next model starts.
+        With ``shards`` of several processes, each samples its share of the batches and every
+        process scores all outputs (:mod:`trdq.eval.shards`): the records equal a one-process
+        run's; ``seconds`` is the slowest process's.
     """
     world(model.settings.world)
     info = getattr(model, "quant", None)
@@ -159,12 +163,19 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
     detector = load_detector()
     common = {"num_prompts": len(scenes), "seed": seed, "steps": steps, "guidance": guidance}
 
+    mine = shards.batches(len(prompts), batch_size)
+    share = sum(hi - lo for lo, hi in mine)
+
     def sample(label: str, m: LoadedModel) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        cb = None if progress is None else (lambda done, total: progress(label, done, total))
-        images = generate(m, prompts, seeds, steps=steps, guidance=guidance, batch_size=batch_size,
-                          progress=cb)
-        return images, round(time.perf_counter() - t0, 2)
+        outputs, done = {}, 0
+        for lo, hi in mine:
+            cb = None if progress is None else (lambda d, _total, done=done: progress(label, done + d, share))
+            outputs[lo] = generate(m, prompts[lo:hi], seeds[lo:hi], steps=steps, guidance=guidance,
+                                   batch_size=batch_size, progress=cb)
+            done += hi - lo
+        images = np.concatenate(shards.gather_batches(outputs))
+        return images, max(shards.gather(round(time.perf_counter() - t0, 2)))
 
     fp_images, fp_seconds = sample("fp" if info is None else f"{info.config.method} {info.config.bits}", model)
     plans = []
@@ -220,8 +231,9 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         images, seconds = sample(f"{config.method} {config.bits}", qmodel)
         trajectory = {}
         if eps_sqnr:
-            per_step = eps_sqnr_per_step(model, qmodel, prompts, seeds, steps=steps, guidance=guidance,
-                                         batch_size=batch_size)
+            powers = {lo: eps_power_per_step(model, qmodel, prompts[lo:hi], seeds[lo:hi], steps, guidance)
+                      for lo, hi in mine}
+            per_step = sqnr_db(*add_powers(shards.gather_batches(powers)))
             trajectory = {"eps_sqnr_db": float(np.mean(per_step)), "eps_sqnr_db_per_step": per_step}
         base = {"model": model.name, "method": config.method, "bits": config.bits, "execution": EXECUTION}
         label = f"{config.method} {config.bits}"

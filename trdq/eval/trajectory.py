@@ -16,35 +16,57 @@ from trdq.sampling import generate
 
 
 @torch.no_grad()
-def eps_sqnr_per_step(fp: LoadedModel, quantized: LoadedModel, prompts: Sequence[str], seeds: Sequence[int],
-                      steps: int | None = None, guidance: float | None = None,
-                      batch_size: int = 16) -> list[float]:
-    """SQNR (dB) of the quantized noise prediction at each sampling step, pooled over prompts.
+def eps_power_per_step(fp: LoadedModel, quantized: LoadedModel, prompts: Sequence[str], seeds: Sequence[int],
+                       steps: int | None = None, guidance: float | None = None) -> tuple[list[float], list[float]]:
+    """Summed squares of the FP noise prediction (signal) and of the quantized one's error (noise)
+    at each step, over one sampling batch of ``prompts``; :func:`sqnr_db` of sums over batches is
+    :func:`eps_sqnr_per_step`.
 
     Returns:
-        One value per step, first step first.
+        ``(signal, noise)``, one value per step each, first step first.
     """
     q_transformer = quantized.pipe.transformer
-    signal: dict[int, float] = {}
-    noise: dict[int, float] = {}
-    calls = {"n": 0}
+    signal: list[float] = []
+    noise: list[float] = []
 
     def hook(_module, args, kwargs, output):
         ref = output[0] if isinstance(output, tuple) else output.sample
         out = q_transformer(*args, **kwargs)
         approx = out[0] if isinstance(out, tuple) else out.sample
-        step = calls["n"]
-        signal[step] = signal.get(step, 0.0) + float(ref.double().pow(2).sum())
-        noise[step] = noise.get(step, 0.0) + float((ref.double() - approx.double()).pow(2).sum())
-        calls["n"] += 1
+        signal.append(float(ref.double().pow(2).sum()))
+        noise.append(float((ref.double() - approx.double()).pow(2).sum()))
 
     handle = fp.pipe.transformer.register_forward_hook(hook, with_kwargs=True)
     try:
-        for lo in range(0, len(prompts), batch_size):
-            calls["n"] = 0
-            generate(fp, prompts[lo:lo + batch_size], seeds[lo:lo + batch_size], steps=steps,
-                            guidance=guidance, batch_size=batch_size)
+        generate(fp, list(prompts), list(seeds), steps=steps, guidance=guidance, batch_size=max(len(prompts), 1))
     finally:
         handle.remove()
-    return [float(10 * torch.log10(torch.tensor(signal[s] / max(noise[s], 1e-30)))) for s in sorted(signal)]
+    return signal, noise
 
+
+def sqnr_db(signal: Sequence[float], noise: Sequence[float]) -> list[float]:
+    """Per step ``10 log10(signal / noise)`` (dB) of summed powers."""
+    return [float(10 * torch.log10(torch.tensor(s / max(n, 1e-30)))) for s, n in zip(signal, noise)]
+
+
+def add_powers(parts: Sequence[tuple[list[float], list[float]]]) -> tuple[list[float], list[float]]:
+    """The per-step sums of several batches' ``(signal, noise)``, added in the order given."""
+    signal, noise = [0.0] * len(parts[0][0]), [0.0] * len(parts[0][1])
+    for s, n in parts:
+        signal = [a + b for a, b in zip(signal, s)]
+        noise = [a + b for a, b in zip(noise, n)]
+    return signal, noise
+
+
+def eps_sqnr_per_step(fp: LoadedModel, quantized: LoadedModel, prompts: Sequence[str], seeds: Sequence[int],
+                      steps: int | None = None, guidance: float | None = None,
+                      batch_size: int = 16) -> list[float]:
+    """SQNR (dB) of the quantized noise prediction at each sampling step, pooled over prompts
+    (sampled in batches of ``batch_size``).
+
+    Returns:
+        One value per step, first step first.
+    """
+    parts = [eps_power_per_step(fp, quantized, prompts[lo:lo + batch_size], seeds[lo:lo + batch_size], steps,
+                                guidance) for lo in range(0, len(prompts), batch_size)]
+    return sqnr_db(*add_powers(parts))
