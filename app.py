@@ -44,11 +44,13 @@ from analysis import compare as grid
 from analysis import examples as shipped
 from analysis.compare import CALIBRATION, DEFAULT_RECIPE, DEFAULT_SLOTS
 from trdq.api import calibrate_groups
+from trdq.captions import GENERAL_CAPTIONS
 from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, parse_bits
 from trdq.cpu import cpu_info
 from trdq.models.cache import ModelCache
 from trdq.models.loader import EMBEDDED
-from trdq.worlds import world
+from trdq.models.source import available_memory, float32_bytes, inspect_source, supported_transformers
+from trdq.worlds import WORLDS
 
 MODELS = {"shapes-t2i (image, PixArt)": "shapes-t2i", "shapes-t2v (video, Latte)": "shapes-t2v"}
 AVAILABLE = [label for label, name in MODELS.items() if (EMBEDDED[name] / "model_index.json").exists()]
@@ -70,6 +72,10 @@ CACHE_GIB = float(os.environ.get("TRDQ_APP_CACHE_GIB", "3"))
 MODEL_CACHE = ModelCache(int(CACHE_GIB * 2**30))
 MEDIA_DIR = Path(tempfile.gettempdir()) / "trdq-app-media"  # clips as GIFs, named by content
 MAX_MEDIA_FILES = 64
+# A model the user adds by folder or hub id: calibrated on this many general captions
+# (trdq.captions), and refused when loading it and one quantized copy would not fit in memory.
+USER_CALIBRATION = 4
+MEMORY_LIMIT: int | None = None  # bytes; None: what the system has available when the model is added
 
 
 # ---------------------------------------------------------------- models, cached per process
@@ -77,7 +83,7 @@ MAX_MEDIA_FILES = 64
 
 @functools.lru_cache(maxsize=2)
 def fp_model(name: str) -> trdq.LoadedModel:
-    """A full-precision embedded model, loaded once per process."""
+    """A full-precision model (embedded, or a folder the user added), loaded once per process."""
     return trdq.load_model(name)
 
 
@@ -89,8 +95,24 @@ def detector():
     return load_detector()
 
 
+def calibration_count(name: str) -> int:
+    return CALIBRATION.get(name, USER_CALIBRATION)
+
+
 def calibration_prompts(name: str) -> list[str]:
-    return grid.calibration_prompts(fp_model(name), CALIBRATION[name])
+    return grid.calibration_prompts(fp_model(name), calibration_count(name))
+
+
+def examples(name: str) -> list[str]:
+    """The model's example prompts (general captions for a model outside the shapes worlds)."""
+    return EXAMPLES.get(name) or list(GENERAL_CAPTIONS[:1])
+
+
+def shipped_choices(name: str, config: trdq.QuantConfig) -> dict | None:
+    """What the shipped search chose for an embedded model's ``config`` (None: search)."""
+    if name not in EMBEDDED:
+        return None
+    return shipped.load_choices(name, config, fp_model(name), calibration_prompts(name))
 
 
 @functools.lru_cache(maxsize=2)
@@ -106,7 +128,7 @@ def quantized_model(name: str, config: trdq.QuantConfig) -> trdq.LoadedModel:
     def build() -> trdq.LoadedModel:
         if config.cfg_split:  # each branch is calibrated on its own rows
             return trdq.quantize(fp_model(name), config, calibration_prompts(name))
-        choices = shipped.load_choices(name, config, fp_model(name), calibration_prompts(name))
+        choices = shipped_choices(name, config)
         return trdq.convert(calibration(name, config.time_groups, config.seed), config, choices=choices)
 
     return MODEL_CACHE.get(("simulated", name, config), build)
@@ -230,14 +252,14 @@ def check_seed(seed) -> int:
 def check_prompt(name: str, prompt: str, steps: float, groups: float) -> str:
     prompt = (prompt or "").strip()
     if not prompt:
-        raise gr.Error(f"Type a prompt first, e.g. '{EXAMPLES[name][0]}'.")
+        raise gr.Error(f"Type a prompt first, e.g. '{examples(name)[0]}'.")
     if not 1 <= int(steps) <= 100:
         raise gr.Error(f"Steps must be between 1 and 100, got {steps}.")
     if int(groups) > int(steps):
         raise gr.Error(f"{int(groups)} time groups need at least as many sampling steps; raise the steps "
                        "or lower the groups.")
-    caption_world = world(fp_model(name).settings.world)
-    if unknown := caption_world.unknown_words(prompt):
+    caption_world = WORLDS.get(fp_model(name).settings.world)  # None: any prompt goes
+    if caption_world is not None and (unknown := caption_world.unknown_words(prompt)):
         gr.Warning(f"The model never saw these words: {', '.join(unknown)}. It knows: {caption_world.GRAMMAR}.")
     return prompt
 
@@ -293,7 +315,7 @@ def quantize(model_label: str, method: str, bits: str, recipe: Recipe, progress=
     """Handler of the Quantize button: calibrate (once per configuration) and say what was made."""
     name = model_name(model_label)
     config = recipe.config(method, bits)
-    progress(0.1, desc=f"calibrating {method} {config.bits} on {CALIBRATION[name]} prompts")
+    progress(0.1, desc=f"calibrating {method} {config.bits} on {calibration_count(name)} prompts")
     fresh = ("simulated", name, config) not in MODEL_CACHE
     t0 = time.perf_counter()
     try:
@@ -311,7 +333,7 @@ def quantize(model_label: str, method: str, bits: str, recipe: Recipe, progress=
             + (" The search's choices (alpha_g and transform per layer and group) came from the shipped "
                "search of these settings on the same calibration (assets/examples; the same model as "
                "searching here, without the wait)."
-               if fresh and shipped.load_choices(name, config, fp_model(name), calibration_prompts(name)) else "")
+               if fresh and shipped_choices(name, config) else "")
             + (f" {note}" if (note := grid.real_path_note(config.w_bits, config.a_bits)) else ""))
 
 
@@ -379,7 +401,42 @@ def show_example(model_label: str, prompt: str | None = None) -> list:
 def switch_model(model_label: str) -> list:
     """Handler of the model radio: the model's first example prompt and its precomputed grid."""
     name = MODELS.get(model_label, "shapes-t2i")
-    return [EXAMPLES[name][0], *show_example(model_label, EXAMPLES[name][0])]
+    return [examples(name)[0], *show_example(model_label, examples(name)[0])]
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def add_model(source: str) -> list:
+    """Handler of 'Load model': check a local pipeline folder or a hub id in the local Hugging Face
+    cache (supported transformer, memory), load it and select it in the model picker. Returns the
+    picker, a status line, and the prompt and grid :func:`switch_model` gives."""
+    source = (source or "").strip()
+    if not source:
+        raise gr.Error("Type the path of a diffusers pipeline folder, or a hub id such as "
+                       "PixArt-alpha/PixArt-XL-2-512x512 that is in the local Hugging Face cache.")
+    try:
+        found = inspect_source(source)
+    except (FileNotFoundError, ValueError) as err:
+        raise gr.Error(str(err)) from None
+    need, free = float32_bytes(found.folder), MEMORY_LIMIT if MEMORY_LIMIT is not None else available_memory()
+    if free is not None and 2 * need > free:
+        raise gr.Error(f"{source} takes about {_size(need)} in float32, and each quantized copy about as much "
+                       f"again: {_size(2 * need)}, where {_size(free)} is free. Free memory or use a machine "
+                       "with more.")
+    try:
+        loaded = fp_model(str(found.folder))  # now, so that a folder that does not load says so here
+    except (OSError, ValueError, TypeError) as err:
+        raise gr.Error(f"could not load {source}: {err}") from None
+    label = f"{source} ({found.transformer})"
+    MODELS[label] = str(found.folder)
+    if label not in AVAILABLE:
+        AVAILABLE.append(label)
+    status = (f"Loaded **{source}**: {found.pipeline} with {found.transformer} ({found.family}), "
+              f"{_size(need)} in float32, on {grid.placement(loaded)['device']}. Calibration uses "
+              f"{USER_CALIBRATION} general captions (trdq.captions); the detector reads the shapes worlds only.")
+    return [gr.Radio(choices=AVAILABLE, value=label), status, *switch_model(label)]
 
 
 def layer_choices(model_label: str, method: str, bits: str, recipe: Recipe):
@@ -602,6 +659,13 @@ def build_demo() -> gr.Blocks:
             model = gr.Radio(AVAILABLE, value=AVAILABLE[0], label="Model")
             steps = gr.Slider(1, 50, value=20, step=1, label="Sampling steps (DDIM)")
             guidance = gr.Slider(1.0, 10.0, value=4.5, step=0.5, label="Guidance scale")
+        with gr.Accordion("Your model: a diffusers pipeline folder, or a hub id in the local cache", open=False):
+            with gr.Row():
+                source = gr.Textbox(label="Folder or hub id", scale=4,
+                                    placeholder="/path/to/pipeline or PixArt-alpha/PixArt-XL-2-512x512")
+                load_button = gr.Button("Load model", scale=1)
+            source_info = gr.Markdown(f"Supported transformers: {', '.join(supported_transformers())}. Nothing "
+                                      "is downloaded; the model is checked for memory before it loads.")
         with gr.Tab("Compare"):
             gr.Markdown(GUIDES["Compare"])
             with gr.Row():
@@ -727,6 +791,10 @@ def build_demo() -> gr.Blocks:
         trajectory_button.click(on_trajectory, inputs=[model, steps, guidance, method, bits, *recipe_inputs],
                                 outputs=trajectory_outputs, api_name="trajectory")
         bench_button.click(benchmark, inputs=bench_file, outputs=[bench_md, bench_plot], api_name="benchmark")
+        loaded = load_button.click(add_model, inputs=source, outputs=[model, source_info, prompt, *grid_outputs],
+                                   api_name="add_model")
+        loaded.success(shipped_distributions, inputs=model, outputs=distribution_outputs, **ui_only)
+        loaded.success(shipped_trajectory, inputs=model, outputs=trajectory_outputs, **ui_only)
     demo.queue(default_concurrency_limit=1)
     return demo
 

@@ -23,9 +23,10 @@ import numpy as np
 
 import trdq
 from trdq import shapes
+from trdq.captions import general_captions
 from trdq.config import parse_bits
 from trdq.eval.detector import ShapesDetector
-from trdq.worlds import world
+from trdq.worlds import WORLDS, world
 
 # What the grid shows first: where the methods part ways (issue 18's 32-prompt W3A3 adherence:
 # RTN 0.75, SmoothQuant 0.78, ViDiT-Q 0.81, TR-DQ 0.97; FP 1.0).
@@ -48,7 +49,10 @@ def default_config(method: str, bits: str) -> trdq.QuantConfig:
 
 
 def calibration_prompts(model: trdq.LoadedModel, count: int) -> list[str]:
-    """The captions every configuration of ``model`` is calibrated on (fixed seed)."""
+    """The captions every configuration of ``model`` is calibrated on: drawn from its world's
+    grammar (fixed seed), or general captions for a model outside the shapes worlds."""
+    if model.settings.world not in WORLDS:
+        return general_captions(count)
     scenes = world(model.settings.world).sample_scenes(count, seed=CALIBRATION_SEED)
     return [s.caption for s in scenes]
 
@@ -154,6 +158,8 @@ def read_output(output: np.ndarray, prompt: str, world_name: str, detector: Shap
     """
     from trdq.eval.clips import read_clips
 
+    if world_name not in WORLDS:  # the detector knows the shapes worlds only
+        return []
     caption_world = world(world_name)
     scene = _asked(caption_world, prompt)
     if output.ndim == 3:
@@ -176,6 +182,8 @@ def adheres(readings: Sequence[Reading]) -> bool | None:
 
 def readings_markdown(readings: Sequence[Reading]) -> str:
     """One line per attribute, ✓ or ✗ against the prompt, and the verdict adherence gives."""
+    if not readings:
+        return "**detector**: not run (it reads the embedded shapes worlds only)"
     lines = []
     for r in readings:
         mark = {True: "✓", False: "✗", None: "·"}[r.right]
@@ -203,6 +211,8 @@ class Output:
         weights_mib: the transformer's weight bytes.
         psnr_db, ssim: against the FP output of the same seed (None for FP itself).
         note: what else the reader should know (Attention-Sharing, the real path's containers).
+        device, dtype: where the transformer ran and its floating-point dtype (e.g. ``cpu``,
+            ``float32``).
     """
 
     method: str
@@ -216,6 +226,8 @@ class Output:
     psnr_db: float | None = None
     ssim: float | None = None
     note: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
 
     @property
     def title(self) -> str:
@@ -239,6 +251,13 @@ def weight_mib(model: trdq.LoadedModel) -> float:
     from trdq.bench.measure import weight_bytes
 
     return weight_bytes(model.pipe.transformer)["total"] / 2**20
+
+
+def placement(model: trdq.LoadedModel) -> dict[str, str]:
+    """``device`` and ``dtype`` of the model's transformer (its first floating parameter)."""
+    t = next((p for p in model.pipe.transformer.parameters() if p.is_floating_point()), None)
+    return {"device": "cpu", "dtype": "float32"} if t is None else {"device": t.device.type,
+                                                                    "dtype": str(t.dtype).removeprefix("torch.")}
 
 
 def sample(model: trdq.LoadedModel, prompt: str, seed: int, steps: int, guidance: float,
@@ -274,7 +293,7 @@ def run_grid(fp: trdq.LoadedModel, quantized: Sequence[tuple[trdq.QuantConfig, t
     progress(0.0, "full precision")
     fp_out, seconds, peak = sample(fp, prompt, seed, steps, guidance)
     outputs = [Output("fp", "fp32", "full precision", fp_out, seconds, peak, weight_mib(fp),
-                      read_output(fp_out, prompt, world_name, detector))]
+                      read_output(fp_out, prompt, world_name, detector), **placement(fp))]
     for i, (config, model, plan) in enumerate(quantized):
         progress((i + 1) / (len(quantized) + 1), f"{config.method} {config.bits}")
         out, seconds, peak = sample(model, prompt, seed, steps, guidance, plan)
@@ -287,7 +306,7 @@ def run_grid(fp: trdq.LoadedModel, quantized: Sequence[tuple[trdq.QuantConfig, t
             notes += [n for n in (gemm_note(model), real_path_note(config.w_bits, config.a_bits)) if n]
         outputs.append(Output(config.method, config.bits, model.quant.execution, out, seconds, peak,
                               weight_mib(model), read_output(out, prompt, world_name, detector),
-                              close["psnr_vs_fp"], close["ssim_vs_fp"], " · ".join(notes)))
+                              close["psnr_vs_fp"], close["ssim_vs_fp"], " · ".join(notes), **placement(model)))
     return outputs
 
 
@@ -300,7 +319,7 @@ def facts_markdown(output: Output, fp: Output | None = None) -> str:
         lines.append(f"PSNR vs FP {output.psnr_db:.2f} dB · SSIM vs FP {output.ssim:.3f}{mean}")
     lines.append(readings_markdown(output.readings))
     lines.append(f"{output.seconds:.2f} s · peak RSS {peak} · transformer weights "
-                 f"{output.weights_mib:.1f} MiB")
+                 f"{output.weights_mib:.1f} MiB · {output.device}, {output.dtype}")
     if output.note:
         lines.append(f"*{output.note}*")
     return "<br>".join(lines)

@@ -31,7 +31,8 @@ from PIL import Image
 
 import trdq
 from analysis.compare import CALIBRATION, DEFAULT_SLOTS, Output, calibration_prompts, default_config, run_grid
-from trdq.worlds import world
+from trdq.captions import general_captions
+from trdq.worlds import WORLDS, world
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ CASES = {"shapes-t2i": ("transformer_blocks.7.attn2.to_q", 3)}
 
 def analysis_prompts(model: trdq.LoadedModel) -> list[str]:
     """The captions the Distributions and Trajectory tabs sample (not the calibration ones)."""
+    if model.settings.world not in WORLDS:  # a model outside the shapes worlds
+        return general_captions(ANALYSIS_PROMPTS)
     scenes = world(model.settings.world).sample_scenes(ANALYSIS_PROMPTS, seed=ANALYSIS_SEED)
     return [s.caption for s in scenes]
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import app
+import trdq
 from analysis import compare as grid
 from analysis import examples as shipped
 from trdq import motion, shapes
@@ -429,3 +430,65 @@ def test_gradio_client_round_trip():
 def test_benchmark_reports_are_json_with_results():
     for name in app.benchmark_files():
         assert "results" in json.loads((app.RESULTS / name).read_text())
+
+
+# ---------------------------------------------------------------- a user's own model
+
+
+@pytest.fixture
+def users_app(monkeypatch):
+    """The app's model picker, restored after the test."""
+    monkeypatch.setattr(app, "MODELS", dict(app.MODELS))
+    monkeypatch.setattr(app, "AVAILABLE", list(app.AVAILABLE))
+    yield
+    app.MODEL_CACHE.clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from tests.conftest import build_tiny_pixart
+
+    folder = tmp_path_factory.mktemp("user") / "tiny-pixart"
+    build_tiny_pixart().pipe.save_pretrained(folder)
+    return folder
+
+
+def test_a_users_pipeline_folder_is_loaded_by_path_and_compared_with_device_latency_and_memory(
+        users_app, tiny_folder):
+    picker, status, prompt, *opened = app.add_model(str(tiny_folder))
+    label = picker.value
+    assert label in app.AVAILABLE and "PixArtTransformer2DModel" in status and "pixart" in status
+    assert prompt == app.GENERAL_CAPTIONS[0] and "press **Compare**" in opened[0]  # no shipped grid for it
+    cols = _columns(app.compare(label, "a red fox resting in the snow", 0, 2, 4.5, [("trdq", "w8a8")],
+                                app.Recipe(groups=1, block_size=32)))
+    (_, fp_image, fp_facts), (title, q_image, error, facts) = cols["fp"], cols["slots"][0]
+    assert fp_image.shape == q_image.shape == error.shape and "trdq W8A8" in title and "simulated" in title
+    for text in (fp_facts, facts):
+        assert "cpu, float32" in text and " s · peak RSS" in text and "detector**: not run" in text
+    assert "PSNR vs FP" in facts
+
+
+def test_models_the_app_cannot_take_get_a_message_that_says_why(users_app, tiny_folder, tmp_path, monkeypatch):
+    unet = tmp_path / "sd"
+    unet.mkdir()
+    (unet / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                       "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (tmp_path / "empty").mkdir()
+    for source, message in [(str(unet), "UNet2DConditionModel; trdq quantizes diffusion transformers: "
+                                        "PixArtTransformer2DModel"),
+                            ("someone/not-in-the-cache", "not in the local Hugging Face cache"),
+                            (str(tmp_path / "empty"), "no model_index.json"), ("", "Type the path"),
+                            ("not a model", "neither a folder nor a hub id")]:
+        with pytest.raises(gr.Error, match=message):
+            app.add_model(source)
+    monkeypatch.setattr(app, "MEMORY_LIMIT", 2**20)  # 1 MiB free: the tiny model needs more
+    with pytest.raises(gr.Error, match=r"MiB in float32, .* where 1\.0 MiB is free"):
+        app.add_model(str(tiny_folder))
+    assert len(app.AVAILABLE) == 2  # nothing was added
+
+
+def test_a_quantized_folder_is_pointed_to_its_full_precision_model(users_app, tiny_pixart, tmp_path):
+    q = trdq.quantize(tiny_pixart, QuantConfig(method="rtn"), ["a red circle"], steps=2)
+    folder = trdq.save_pretrained(q, tmp_path / "q")
+    with pytest.raises(gr.Error, match="holds a quantized model; give the full-precision model"):
+        app.add_model(str(folder))

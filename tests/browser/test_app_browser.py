@@ -75,3 +75,32 @@ def test_a_comparison_run_from_the_page_fills_the_grid_with_latency():
         page.wait_for_function("[...document.querySelectorAll('.grid-slot-1 img')].filter("
                                "i => i.complete && i.naturalWidth > 0).length >= 2")
         assert "slot off" in page.locator(".grid-slot-2").inner_text()
+
+
+@pytest.mark.slow
+def test_a_users_pipeline_folder_loads_by_path_and_compares_with_device_latency_and_memory(tmp_path):
+    from analysis.screenshots import choose, open_tab
+    from tests.conftest import build_tiny_pixart
+
+    folder = tmp_path / "tiny-pixart"
+    build_tiny_pixart().pipe.save_pretrained(folder)
+    with served_app() as url, browser_page() as page:
+        page.goto(url)
+        wait_for_grid(page, "precomputed", timeout_ms=10_000)
+        page.get_by_text("Your model: a diffusers pipeline folder").click()
+        page.get_by_label("Folder or hub id").fill(str(folder))
+        page.get_by_role("button", name="Load model").click()
+        page.get_by_text("Loaded").first.wait_for(timeout=60_000)
+        open_tab(page, "Compare")
+        for k, method in enumerate(["trdq", "off", "off", "off"], start=1):
+            choose(page, f"Slot {k} method", method)
+        choose(page, "Slot 1 bits", "w8a8")
+        run_comparison(page)
+        fp, slot = page.locator(".grid-fp").inner_text(), page.locator(".grid-slot-1").inner_text()
+        assert "a red fox resting in the snow at dawn" in page.locator(".grid-header").first.inner_text()
+        for text in (fp, slot):  # the user's model (no shapes detector), its device, latency and memory
+            assert "detector: not run" in text
+            assert "cpu, float32" in text and " s · peak RSS" in text
+        assert "trdq W8A8\nsimulated" in slot and "PSNR vs FP" in slot
+        page.wait_for_function("[...document.querySelectorAll('.grid-slot-1 img')].filter("
+                               "i => i.complete && i.naturalWidth > 0).length >= 2")
