@@ -492,3 +492,14 @@ def test_a_quantized_folder_is_pointed_to_its_full_precision_model(users_app, ti
     folder = trdq.save_pretrained(q, tmp_path / "q")
     with pytest.raises(gr.Error, match="holds a quantized model; give the full-precision model"):
         app.add_model(str(folder))
+
+
+def test_a_users_latte_folder_compares_clips(users_app, tiny_latte, tmp_path):
+    tiny_latte.pipe.save_pretrained(tmp_path / "latte")
+    picker, status, *_ = app.add_model(str(tmp_path / "latte"))
+    assert "LatteTransformer3DModel" in status and "latte" in status
+    cols = _columns(app.compare(picker.value, "a boat sailing at sunset", 0, 2, 4.5, [("rtn", "w8a8")],
+                                app.Recipe(groups=1)))
+    (_, fp_clip, fp_facts), (title, q_clip, error, facts) = cols["fp"], cols["slots"][0]
+    assert fp_clip.endswith(".gif") and Image.open(q_clip).n_frames == Image.open(error).n_frames == 4
+    assert "rtn W8A8" in title and "cpu, float32" in facts and "detector**: not run" in facts

@@ -57,8 +57,10 @@ def generate(model: LoadedModel, prompts: Sequence[str], seeds: Sequence[int],
     if video:  # Latte's defaults are 16 frames of 512 px whatever the checkpoint; take its own size
         side = pipe.transformer.config.sample_size * pipe.vae_scale_factor
         kwargs.update(height=side, width=side, negative_prompt=None)
-        if settings.num_frames is not None:
-            kwargs["video_length"] = settings.num_frames
+        # frames: the model's settings, else the length its temporal embedding was built for
+        frames = settings.num_frames or getattr(pipe.transformer.config, "video_length", None)
+        if frames is not None:
+            kwargs["video_length"] = frames
     if "use_resolution_binning" in accepted:
         kwargs["use_resolution_binning"] = False
     if "max_sequence_length" in accepted:
