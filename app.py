@@ -47,10 +47,10 @@ from trdq.api import calibrate_groups
 from trdq.captions import GENERAL_CAPTIONS
 from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, parse_bits
 from trdq.cpu import cpu_info
+from trdq.demo.worlds import WORLDS
 from trdq.models.cache import ModelCache
 from trdq.models.loader import EMBEDDED
 from trdq.models.source import available_memory, float32_bytes, inspect_source, supported_transformers
-from trdq.worlds import WORLDS
 
 MODELS = {"shapes-t2i (image, PixArt)": "shapes-t2i", "shapes-t2v (video, Latte)": "shapes-t2v"}
 AVAILABLE = [label for label, name in MODELS.items() if (EMBEDDED[name] / "model_index.json").exists()]
@@ -90,7 +90,7 @@ def fp_model(name: str) -> trdq.LoadedModel:
 @functools.cache
 def detector():
     """The shapes detector the evaluator reads outputs with."""
-    from trdq.eval.detector import load_detector
+    from trdq.demo.eval.detector import load_detector
 
     return load_detector()
 

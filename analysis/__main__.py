@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from analysis.report_cli import add_arguments as add_report_arguments
-from trdq import shapes
-from trdq.eval.runner import write_json
+from trdq.demo import shapes
+from trdq.demo.eval.runner import write_json
 
 log = logging.getLogger("analysis")
 
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d records -> %s", len(records), args.json)
     elif args.command == "similarity":
         from trdq.attention import measure_similarity
+        from trdq.demo.worlds import world
         from trdq.models.loader import load_model
-        from trdq.worlds import world
 
         model = load_model(args.model)
         scenes = world(model.settings.world).sample_scenes(args.num_prompts, seed=args.seed + 7919)

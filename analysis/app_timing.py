@@ -50,7 +50,7 @@ def measure(threads: int | None = None) -> dict:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     import torch
 
-    from trdq.bench.report import machine
+    from trdq.demo.bench.report import machine
 
     return {**result, "machine": machine(threads or torch.get_num_threads())}
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 import trdq
-from trdq.bench import models
-from trdq.bench.measure import proc_bytes, reset_peak
-from trdq.bench.spec import BenchSpec
+from trdq.demo.bench import models
+from trdq.demo.bench.measure import proc_bytes, reset_peak
+from trdq.demo.bench.spec import BenchSpec
 
 
 def folder_bytes(folder: Path) -> int:
@@ -72,7 +72,7 @@ def measure(model: str = "pixart-xl-random", layers: int | None = None, bits: tu
                                                      if v["load_peak_above_imports"] else None}
                             for k, v in loads.items()}})
             del q
-    from trdq.bench.report import machine
+    from trdq.demo.bench.report import machine
 
     return {"command": "python -m analysis checkpoints", "model": model,
             "blocks": layers or getattr(transformer.config, "num_layers", None), "groups": groups,

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 import trdq
-from trdq import shapes
 from trdq.captions import general_captions
 from trdq.config import parse_bits
-from trdq.eval.detector import ShapesDetector
-from trdq.worlds import WORLDS, world
+from trdq.demo import shapes
+from trdq.demo.eval.detector import ShapesDetector
+from trdq.demo.worlds import WORLDS, world
 
 # What the grid shows first: where the methods part ways (issue 18's 32-prompt W3A3 adherence:
 # RTN 0.75, SmoothQuant 0.78, ViDiT-Q 0.81, TR-DQ 0.97; FP 1.0).
@@ -154,9 +154,9 @@ def read_output(output: np.ndarray, prompt: str, world_name: str, detector: Shap
 
     Args:
         output: uint8 image (H, W, 3) of the shapes world, or clip (frames, H, W, 3) of the
-            moving-shapes world, read as :mod:`trdq.eval.runner` scores them.
+            moving-shapes world, read as :mod:`trdq.demo.eval.runner` scores them.
     """
-    from trdq.eval.clips import read_clips
+    from trdq.demo.eval.clips import read_clips
 
     if world_name not in WORLDS:  # the detector knows the shapes worlds only
         return []
@@ -248,7 +248,7 @@ class Output:
 
 
 def weight_mib(model: trdq.LoadedModel) -> float:
-    from trdq.bench.measure import weight_bytes
+    from trdq.demo.bench.measure import weight_bytes
 
     return weight_bytes(model.pipe.transformer)["total"] / 2**20
 
@@ -264,7 +264,7 @@ def sample(model: trdq.LoadedModel, prompt: str, seed: int, steps: int, guidance
            plan=None) -> tuple[np.ndarray, float, float | None]:
     """One output, its sampling seconds and the process's peak RSS (MiB) while it ran."""
     from trdq.attention import share_attention
-    from trdq.bench.measure import proc_bytes, reset_peak
+    from trdq.demo.bench.measure import proc_bytes, reset_peak
 
     reset = reset_peak()
     t0 = time.perf_counter()
@@ -287,7 +287,7 @@ def run_grid(fp: trdq.LoadedModel, quantized: Sequence[tuple[trdq.QuantConfig, t
     Returns:
         The FP output first, then one per quantized model, in order.
     """
-    from trdq.eval.runner import fidelity
+    from trdq.demo.eval.runner import fidelity
 
     world_name = fp.settings.world
     progress(0.0, "full precision")

@@ -32,7 +32,7 @@ from PIL import Image
 import trdq
 from analysis.compare import CALIBRATION, DEFAULT_SLOTS, Output, calibration_prompts, default_config, run_grid
 from trdq.captions import general_captions
-from trdq.worlds import WORLDS, world
+from trdq.demo.worlds import WORLDS, world
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def trajectory_case(fp: trdq.LoadedModel, qmodel: trdq.LoadedModel, steps: int, 
     """The Trajectory tab's figures: per-step noise-prediction SQNR of ``qmodel`` against FP on the
     analysis prompts, and the FP model's cond/uncond attention similarity."""
     from analysis.figures import attention_similarity_figure, error_curve_figure
-    from trdq.eval.trajectory import eps_sqnr_per_step
+    from trdq.demo.eval.trajectory import eps_sqnr_per_step
 
     config = qmodel.quant.config
     prompts = analysis_prompts(fp)
@@ -251,8 +251,8 @@ def build(model_name: str, out: Path = EXAMPLES_DIR, prompts: Sequence[str] | No
 
     from analysis.collect import collect_layer
     from trdq.attention import measure_similarity
-    from trdq.bench.report import machine
-    from trdq.eval.detector import load_detector
+    from trdq.demo.bench.report import machine
+    from trdq.demo.eval.detector import load_detector
 
     fp = trdq.load_model(model_name)
     detector = load_detector()

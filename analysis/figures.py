@@ -2,7 +2,7 @@
 and :func:`to_png` for static files (matplotlib; plotly's own static export needs kaleido).
 
 Figures take the outputs of :mod:`analysis.collect` and :mod:`analysis.stats`, a per-step SQNR
-list (:func:`trdq.eval.trajectory.eps_sqnr_per_step`) or a :class:`trdq.attention.Similarity`,
+list (:func:`trdq.demo.eval.trajectory.eps_sqnr_per_step`) or a :class:`trdq.attention.Similarity`,
 and return ``plotly.graph_objects.Figure``; nothing here runs a model.
 """
 
@@ -106,7 +106,7 @@ def error_curve_figure(sqnr_db: Sequence[float], groups: int | TimeGroups,
 
     Args:
         sqnr_db: one value per sampling step, first step first
-            (:func:`trdq.eval.trajectory.eps_sqnr_per_step`).
+            (:func:`trdq.demo.eval.trajectory.eps_sqnr_per_step`).
         groups: the quantized model's time groups, or their number (uniform groups).
     """
     groups = TimeGroups(groups) if isinstance(groups, int) else groups

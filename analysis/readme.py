@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis import frontier
 from analysis.app_timing import table as app_timing_table
-from trdq.bench.report import verdicts
+from trdq.demo.bench.report import verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "assets" / "results"
@@ -192,7 +192,7 @@ def attention_table(path: Path, max_psnr_cost: float = 1.0) -> str:
 
 
 def _step_split(profile: dict | None, result: dict | None = None) -> str:
-    """A profiled step's shares, e.g. ``39% / 55% / - / -`` (see trdq.bench.measure.profile_step)."""
+    """A profiled step's shares, e.g. ``39% / 55% / - / -`` (see trdq.demo.bench.measure.profile_step)."""
     if not profile:  # reports made before steps were profiled: the transforms' share alone
         online = (result or {}).get("online_transforms")
         return "-" if not online else f"- / - / - / {online['share']:.0%}"
@@ -330,7 +330,7 @@ def checkpoint_table(path: Path) -> str:
 
 
 def layer_timing_table(path: Path) -> str:
-    """One row per layer shape and case of ``python -m trdq.bench.layer_timing``: microseconds per
+    """One row per layer shape and case of ``python -m trdq.demo.bench.layer_timing``: microseconds per
     call replayed from a CUDA graph (kernels only) and eager (with the per-call CPU cost)."""
     report = json.loads(path.read_text())
     m = report["meta"]

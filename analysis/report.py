@@ -22,7 +22,7 @@ from analysis import figures, stats
 from analysis.collect import LayerActivations, collect_layers, quantized_layers
 from trdq.api import quant_info
 from trdq.attention import Similarity, measure_similarity
-from trdq.eval.trajectory import eps_sqnr_per_step
+from trdq.demo.eval.trajectory import eps_sqnr_per_step
 from trdq.models.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def write_report(path: str | Path, model_name: str, config, layers: Mapping[str,
         layers: collected layers (:func:`analysis.collect.collect_layers`), all in the table.
         chosen: the layer to draw (default: the first of ``layers``).
         group: the time group of the histogram and surface figures.
-        eps_sqnr_db: per-step noise-prediction SQNR (:func:`trdq.eval.trajectory.eps_sqnr_per_step`).
+        eps_sqnr_db: per-step noise-prediction SQNR (:func:`trdq.demo.eval.trajectory.eps_sqnr_per_step`).
         similarity: measured cond/uncond attention similarity.
         notes: extra key/value lines for the header (prompts, steps, ...).
 

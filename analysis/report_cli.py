@@ -3,7 +3,7 @@
     python -m analysis report --model shapes-t2i --method trdq --bits w4a8 --groups 4 \\
         --prompts 4 --steps 20 --out runs/report.html
 
-Calibration prompts come from the model's caption world (:func:`trdq.worlds.world`), so image
+Calibration prompts come from the model's caption world (:func:`trdq.demo.worlds.world`), so image
 and video models work alike; the report is measured on as many other prompts of that world.
 Strings become a :class:`trdq.QuantConfig` here, at the boundary.
 """
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> Path:
     """Load, quantize, measure and write the report the parsed ``args`` describe."""
     import trdq
     from analysis.report import DEFAULT_LAYERS, build_report
+    from trdq.demo.worlds import world
     from trdq.models.loader import load_model
-    from trdq.worlds import world
 
     w_bits, a_bits = parse_bits(args.bits)
     config = QuantConfig(method=args.method, w_bits=w_bits, a_bits=a_bits, time_groups=TimeGroups(args.groups),

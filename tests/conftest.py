@@ -21,8 +21,8 @@ def build_tiny_pixart(width_heads=(2, 32), num_layers=2, seed=0):
     import torch
     from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
 
+    from trdq.demo.train import components
     from trdq.models.loader import LoadedModel, ModelSettings
-    from trdq.train import components
 
     torch.manual_seed(seed)
     heads, head_dim = width_heads
@@ -55,9 +55,9 @@ def build_tiny_latte(num_frames=4, seed=0):
     import torch
     from diffusers import LattePipeline, LatteTransformer3DModel
 
-    from trdq import motion
+    from trdq.demo import motion
+    from trdq.demo.train import components
     from trdq.models.loader import LoadedModel, ModelSettings
-    from trdq.train import components
 
     torch.manual_seed(seed)
     tokenizer = components.build_tokenizer(motion.VOCABULARY)

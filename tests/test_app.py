@@ -13,9 +13,9 @@ import app
 import trdq
 from analysis import compare as grid
 from analysis import examples as shipped
-from trdq import motion, shapes
 from trdq.config import QuantConfig
-from trdq.eval.detector import load_detector
+from trdq.demo import motion, shapes
+from trdq.demo.eval.detector import load_detector
 
 IMAGE = "shapes-t2i (image, PixArt)"
 RECIPE = dict(groups=1, rotation="none", block_size=64, search_alpha=True, cfg_split=False, uncond_bits="same",
@@ -502,4 +502,5 @@ def test_a_users_latte_folder_compares_clips(users_app, tiny_latte, tmp_path):
                                 app.Recipe(groups=1)))
     (_, fp_clip, fp_facts), (title, q_clip, error, facts) = cols["fp"], cols["slots"][0]
     assert fp_clip.endswith(".gif") and Image.open(q_clip).n_frames == Image.open(error).n_frames == 4
-    assert "rtn W8A8" in title and "cpu, float32" in facts and "detector**: not run" in facts
+    assert "rtn W8A8" in title and "detector**: not run" in facts
+    assert "cpu, float32" in facts and "cpu, float32" in fp_facts

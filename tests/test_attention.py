@@ -216,7 +216,7 @@ def test_quantize_attention_installs_and_removes_and_refuses_a_model_without_sta
 def test_a_model_quantized_with_attention_bits_runs_them_simulated_and_real_and_shares_them(tiny_pixart):
     from trdq.api import quantize, realize
     from trdq.config import QuantConfig, TimeGroups
-    from trdq.eval.metrics import psnr
+    from trdq.demo.eval.metrics import psnr
 
     config = QuantConfig(method="trdq", w_bits=8, a_bits=8, time_groups=TimeGroups(2), block_size=32)
     linear_only = quantize(tiny_pixart, config, PROMPTS, steps=3)

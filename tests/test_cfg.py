@@ -7,7 +7,7 @@ import torch
 import trdq
 from trdq.cfg import CFGSplitTransformer, branch_rows
 from trdq.config import QuantConfig, TimeGroups
-from trdq.eval.metrics import psnr
+from trdq.demo.eval.metrics import psnr
 from trdq.sampling import generate
 
 PROMPTS = ["a large red circle in the center", "a small blue star on the left"]

@@ -33,7 +33,7 @@ def test_eval_resumes_from_its_json_and_saves_each_model(tmp_path, caplog, monke
     first = json.loads(out.read_text())
     assert [r["method"] for r in first] == ["fp", "rtn"] and "eps_sqnr_db" not in first[1]
 
-    import trdq.eval.runner as runner
+    import trdq.demo.eval.runner as runner
 
     calls = []
     real = runner.convert
@@ -70,7 +70,7 @@ def test_eval_with_an_empty_bits_list_fails_instead_of_writing_nothing(tmp_path,
 
 
 def test_eval_with_more_groups_than_steps_fails_before_sampling(tmp_path, caplog, monkeypatch):
-    import trdq.eval.runner as runner
+    import trdq.demo.eval.runner as runner
 
     monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("sampled"))
     out = tmp_path / "eval.json"

@@ -128,7 +128,7 @@ def test_the_top_level_names_the_stand_alone_pair():
 
 
 def test_float_parts_can_be_stored_in_bf16_and_a_real_load_keeps_rotations_compact(saved, tmp_path):
-    from trdq.bench.measure import compact_rotations
+    from trdq.demo.bench.measure import compact_rotations
 
     q, _ = saved
     folder = save_pretrained(q.pipe.transformer, tmp_path / "bf16", dtype=torch.bfloat16)

@@ -6,7 +6,7 @@ import torch
 
 import trdq
 from trdq.api import quant_info
-from trdq.eval.metrics import psnr
+from trdq.demo.eval.metrics import psnr
 from trdq.layers import IntLinear, QuantLinear, SharedIntLinear
 from trdq.quantizer import sqnr_db
 from trdq.sampling import generate

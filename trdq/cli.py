@@ -237,8 +237,8 @@ def load_any(model: str, base: str | None = None, real: bool = False):
 
 
 def cmd_generate(args) -> None:
+    from trdq.demo.worlds import WORLDS
     from trdq.sampling import generate, is_video
-    from trdq.worlds import WORLDS
 
     model = load_any(args.model, args.base, args.real)
     video = is_video(model.pipe)
@@ -305,7 +305,7 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
     Every combination is made, and combinations a method treats alike (a rotation list for RTN,
     say) are kept once.
     """
-    from trdq.eval.runner import config_key, describe
+    from trdq.demo.eval.runner import config_key, describe
 
     methods = _items(args.methods)
     unknown = [m for m in methods if m != "fp" and m not in METHODS]
@@ -345,10 +345,10 @@ def cmd_quantize(args) -> None:
     import time
 
     from trdq.api import calibrate, convert, prepare
-    from trdq.eval.runner import read_captions
+    from trdq.demo.eval.runner import read_captions
+    from trdq.demo.worlds import WORLDS
     from trdq.models.loader import load_model
     from trdq.pretrained import check_destination, is_quantized_folder, save_pretrained
-    from trdq.worlds import WORLDS
 
     check_destination(args.out)  # now, not after the calibration
     if is_quantized_folder(args.model):
@@ -382,7 +382,7 @@ def cmd_quantize(args) -> None:
 
 def cmd_eval(args) -> None:
     from trdq.attention import ShareRule
-    from trdq.eval.runner import (
+    from trdq.demo.eval.runner import (
         check_writable,
         config_key,
         evaluate,
@@ -391,8 +391,8 @@ def cmd_eval(args) -> None:
         record_key,
         write_json,
     )
-    from trdq.eval.shards import Shards
-    from trdq.worlds import world
+    from trdq.demo.eval.shards import Shards
+    from trdq.demo.worlds import world
 
     shards = Shards.from_environment()  # several processes under accelerate launch / torchrun
     if not shards.main:  # one process reports and writes; the others sample their share
@@ -450,7 +450,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from trdq import bench
+    from trdq.demo import bench
 
     overrides = {k: v for k, v in (("num_layers", args.layers), ("video_length", args.frames))
                  if v is not None}

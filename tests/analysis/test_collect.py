@@ -10,9 +10,9 @@ from torch import nn
 import trdq
 from analysis import stats
 from analysis.collect import collect_layer, collect_layers, group_activations, quantized_layers
-from trdq import motion
 from trdq.calibrate import InputObserver
 from trdq.config import QuantConfig, TimeGroups
+from trdq.demo import motion
 from trdq.layers import GroupTransform, QuantLinear
 from trdq.methods import fit_rotation
 from trdq.timegroups import GroupState

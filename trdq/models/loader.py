@@ -32,7 +32,7 @@ class ModelSettings:
 
     Attributes:
         world: the caption world its prompts come from (``"shapes"`` for shapes-t2i, ``"moving-shapes"``
-            for shapes-t2v; see :mod:`trdq.worlds`), or None.
+            for shapes-t2v; see :mod:`trdq.demo.worlds`), or None.
         max_sequence_length: tokens of the text encoder's input; captions longer are truncated.
         steps: default number of sampling steps.
         guidance: default classifier-free guidance scale.
