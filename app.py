@@ -568,7 +568,8 @@ def benchmark(file: str) -> tuple[str, go.Figure]:
 INTRO = (
     "# trdq\nTR-DQ post-training quantization for diffusion transformers: time groups with their own "
     "smoothing alpha_g, and DuQuant-style rotation + permutation of the outlier channels. The embedded "
-    "models are a PixArt-alpha image pipeline and a Latte video pipeline trained on the shapes world. "
+    "models are a PixArt-alpha image pipeline and a Latte video pipeline trained on the shapes world; "
+    "your own PixArt, Latte, DiT, SD3 or Sana pipeline loads under **Your model**. "
     "Quantized models run **simulated** (fake quantization in floating point: the method's numerics) or "
     "as **real integer** code (int8 GEMMs, 4-bit weights packed two per byte)."
 )
