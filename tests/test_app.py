@@ -494,6 +494,7 @@ def test_a_quantized_folder_is_pointed_to_its_full_precision_model(users_app, ti
         app.add_model(str(folder))
 
 
+@pytest.mark.slow
 def test_a_users_latte_folder_compares_clips(users_app, tiny_latte, tmp_path):
     tiny_latte.pipe.save_pretrained(tmp_path / "latte")
     picker, status, *_ = app.add_model(str(tmp_path / "latte"))

@@ -273,6 +273,7 @@ def test_generate_names_the_base_a_folder_of_the_earlier_format_needs(tmp_path, 
     assert "--real is for a quantized folder" in caplog.text
 
 
+@pytest.mark.slow
 def test_eval_with_attention_bits_records_each_setting_apart(tmp_path, caplog):
     caplog.set_level("INFO", logger="trdq")
     out = tmp_path / "eval.json"
