@@ -106,9 +106,16 @@ def wait_for_grid(page, source: str, timeout_ms: float = RESULT_TIMEOUT_MS) -> N
 
 
 def choose(page, label: str, option: str) -> None:
-    """Pick ``option`` in the dropdown labelled ``label``."""
-    page.get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    """Pick ``option`` in the dropdown labelled ``label``.
+
+    The option is looked up in this dropdown's own list (the box's ``aria-controls``): the list of
+    the dropdown chosen just before may still be closing, and it can hold an option of the same
+    name."""
+    box = page.get_by_label(label, exact=True)
+    box.click()
+    options = box.get_attribute("aria-controls")
+    page.locator(f'[id^="{options}-option-"][aria-label="{option}"]').click()
+    page.wait_for_function("id => !document.getElementById(id)", arg=options)
 
 
 def run_comparison(page, slots: list[tuple[str, str]] | None = None) -> None:
