@@ -48,9 +48,16 @@ from trdq.captions import GENERAL_CAPTIONS
 from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, parse_bits
 from trdq.cpu import cpu_info
 from trdq.demo.worlds import WORLDS
+from trdq.fingerprint import mismatch
 from trdq.models.cache import ModelCache
 from trdq.models.loader import EMBEDDED
-from trdq.models.source import available_memory, float32_bytes, inspect_source, supported_transformers
+from trdq.models.source import (
+    available_memory,
+    disk_bytes,
+    float32_bytes,
+    inspect_source,
+    supported_transformers,
+)
 
 MODELS = {"shapes-t2i (image, PixArt)": "shapes-t2i", "shapes-t2v (video, Latte)": "shapes-t2v"}
 AVAILABLE = [label for label, name in MODELS.items() if (EMBEDDED[name] / "model_index.json").exists()]
@@ -76,6 +83,9 @@ MAX_MEDIA_FILES = 64
 # (trdq.captions), and refused when loading it and one quantized copy would not fit in memory.
 USER_CALIBRATION = 4
 MEMORY_LIMIT: int | None = None  # bytes; None: what the system has available when the model is added
+# Quantized folders (trdq.save_pretrained) the user added, by picker label: the picker's model is
+# the checkpoint's full-precision base, and the checkpoint takes the grid's first quantized column.
+CHECKPOINTS: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------- models, cached per process
@@ -141,6 +151,17 @@ def executed_model(name: str, config: trdq.QuantConfig, execution: str) -> trdq.
     if deployment is None:
         return simulated
     return MODEL_CACHE.get((deployment, name, config),
+                           lambda: trdq.realize(simulated, deployment, base=fp_model(name)))
+
+
+def checkpoint_model(name: str, folder: str, execution: str) -> trdq.LoadedModel:
+    """A quantized folder the user added, loaded without its FP weights and run as ``execution``
+    (the real deployments that rebuild codes take the FP weights of ``name``, its base)."""
+    deployment = EXECUTIONS[execution]
+    simulated = MODEL_CACHE.get(("checkpoint", folder), lambda: trdq.from_pretrained(folder))
+    if deployment is None:
+        return simulated
+    return MODEL_CACHE.get(("checkpoint", folder, deployment),
                            lambda: trdq.realize(simulated, deployment, base=fp_model(name)))
 
 
@@ -371,6 +392,17 @@ def compare(model_label: str, prompt: str, seed: float, steps: float, guidance: 
     seed, steps = check_seed(seed), int(steps)
     plan = sharing_plan(name, recipe.share)
     quantized = []
+    if folder := CHECKPOINTS.get(model_label):  # the user's checkpoint first, then the slots that fit
+        progress(0.02, desc="loading your checkpoint")
+        try:
+            model = checkpoint_model(name, folder, recipe.execution)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+        quantized.append((model.quant.config, model, None, f"your checkpoint {Path(folder).name}"))
+        if len(configs) >= NUM_SLOTS:
+            gr.Warning(f"Your checkpoint takes the first column: slot {NUM_SLOTS} is not shown. Set a slot to "
+                       "off to keep the grid as you chose it.")
+        configs = configs[:NUM_SLOTS - 1]
     for i, config in enumerate(configs):
         progress(0.05 + 0.6 * i / len(configs),
                  desc=f"calibrating {config.method} {config.bits} (once per setting)")
@@ -420,23 +452,80 @@ def add_model(source: str) -> list:
         found = inspect_source(source)
     except (FileNotFoundError, ValueError) as err:
         raise gr.Error(str(err)) from None
-    need, free = float32_bytes(found.folder), MEMORY_LIMIT if MEMORY_LIMIT is not None else available_memory()
-    if free is not None and 2 * need > free:
-        raise gr.Error(f"{source} takes about {_size(need)} in float32, and each quantized copy about as much "
-                       f"again: {_size(2 * need)}, where {_size(free)} is free. Free memory or use a machine "
-                       "with more.")
-    try:
-        loaded = fp_model(str(found.folder))  # now, so that a folder that does not load says so here
-    except (OSError, ValueError, TypeError) as err:
-        raise gr.Error(f"could not load {source}: {err}") from None
+    if found.quantization is not None:
+        return add_checkpoint(source, found)
+    need = float32_bytes(found.folder)
+    check_memory(source, need, 2 * need, "and each quantized copy about as much again")
+    loaded = load_fp(source, str(found.folder))
     label = f"{source} ({found.transformer})"
-    MODELS[label] = str(found.folder)
-    if label not in AVAILABLE:
-        AVAILABLE.append(label)
+    pick(label, str(found.folder))
     status = (f"Loaded **{source}**: {found.pipeline} with {found.transformer} ({found.family}), "
               f"{_size(need)} in float32, on {grid.placement(loaded)['device']}. Calibration uses "
               f"{USER_CALIBRATION} general captions (trdq.captions); the detector reads the shapes worlds only.")
     return [gr.Radio(choices=AVAILABLE, value=label), status, *switch_model(label)]
+
+
+def add_checkpoint(source: str, found) -> list:
+    """:func:`add_model` for a quantized folder: find the full-precision model it was made from (the
+    grid compares against it), check memory and that the weights match, and add the pair."""
+    quant = found.quantization
+    if quant.get("quant_method") != "trdq":
+        raise gr.Error(f"{source} is quantized by {quant.get('quant_method', 'another tool')}, not trdq: give "
+                       "its full-precision model and quantize it here")
+    base = str(quant.get("base_model") or "")
+    if base in EMBEDDED:
+        base_folder = base
+    else:
+        try:
+            base_found = inspect_source(base)
+        except (FileNotFoundError, ValueError) as err:
+            raise gr.Error(f"{source} is a trdq checkpoint of {base or 'a model it does not name'}, which is not "
+                           f"here ({err}). The app compares a checkpoint with the full-precision model it was "
+                           "made from: put that model on this machine and load the checkpoint again, or sample "
+                           f"the checkpoint alone with `python -m trdq generate --model {source}`.") from None
+        if base_found.quantization is not None:
+            raise gr.Error(f"{source} names {base} as its base, and that is quantized too")
+        base_folder = str(base_found.folder)
+    fp_bytes = float32_bytes(EMBEDDED[base] if base in EMBEDDED else base_folder)
+    check_memory(source, fp_bytes, 2 * fp_bytes + 2 * disk_bytes(found.folder),
+                 f"with its base {base} in float32, a quantized copy of it for the slots, and the checkpoint")
+    fp = load_fp(base, base_folder)
+    if (saved := quant.get("base_fingerprint")) and (differs := mismatch(saved, fp.pipe.transformer)):
+        raise gr.Error(f"{source} was not made from the {base} found here ({differs}): its error against "
+                       "this model would mean nothing. Load the checkpoint beside the model it was made from.")
+    config = trdq.QuantConfig.from_dict(quant["config"])
+    groups = config.time_groups.num_groups
+    what = f"{config.method} {config.bits.upper()}, {groups} time group{'s' if groups > 1 else ''}"
+    label = f"{source} (trdq checkpoint: {what}, of {base})"
+    pick(label, base_folder)
+    CHECKPOINTS[label] = str(found.folder)
+    status = (f"Loaded **{source}**, a trdq checkpoint ({what}, {_size(disk_bytes(found.folder))} on disk) of "
+              f"**{base}**. Compare shows it in the first quantized column, against {base} in full precision, "
+              "and the slots that fit beside it; the other tabs work on its base.")
+    return [gr.Radio(choices=AVAILABLE, value=label), status, *switch_model(label)]
+
+
+def check_memory(source: str, size: int, need: int, what: str) -> None:
+    """Refuse, with the numbers, a model whose loading would not fit in free memory."""
+    free = MEMORY_LIMIT if MEMORY_LIMIT is not None else available_memory()
+    if free is not None and need > free:
+        raise gr.Error(f"{source} takes about {_size(size)} in float32, {what}: {_size(need)}, where "
+                       f"{_size(free)} is free. Free memory or use a machine with more.")
+
+
+def load_fp(source: str, name: str) -> trdq.LoadedModel:
+    """Load the full-precision model ``name`` now, so that a folder that does not load says so here."""
+    try:
+        return fp_model(name)
+    except (OSError, ValueError, TypeError) as err:
+        raise gr.Error(f"could not load {source}: {err}") from None
+
+
+def pick(label: str, name: str) -> None:
+    """Add ``label`` (the model ``name``) to the model picker."""
+    MODELS[label] = name
+    if label not in AVAILABLE:
+        AVAILABLE.append(label)
 
 
 def layer_choices(model_label: str, method: str, bits: str, recipe: Recipe):
@@ -665,8 +754,10 @@ def build_demo() -> gr.Blocks:
                 source = gr.Textbox(label="Folder or hub id", scale=4,
                                     placeholder="/path/to/pipeline or PixArt-alpha/PixArt-XL-2-512x512")
                 load_button = gr.Button("Load model", scale=1)
-            source_info = gr.Markdown(f"Supported transformers: {', '.join(supported_transformers())}. Nothing "
-                                      "is downloaded; the model is checked for memory before it loads.")
+            source_info = gr.Markdown(f"Supported transformers: {', '.join(supported_transformers())}. A "
+                                      "quantized folder (`python -m trdq quantize --out`) is shown beside the "
+                                      "model it was made from. Nothing is downloaded; the model is checked for "
+                                      "memory before it loads.")
         with gr.Tab("Compare"):
             gr.Markdown(GUIDES["Compare"])
             with gr.Row():

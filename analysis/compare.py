@@ -281,7 +281,8 @@ def run_grid(fp: trdq.LoadedModel, quantized: Sequence[tuple[trdq.QuantConfig, t
     """Sample FP and each quantized model from one seed; read and measure every output.
 
     Args:
-        quantized: (config, model, Attention-Sharing plan or None) per quantized column.
+        quantized: (config, model, Attention-Sharing plan or None) per quantized column, with a
+            fourth item, a note shown under the column (e.g. where a checkpoint came from), if wanted.
         progress: called with the fraction done and what runs next.
 
     Returns:
@@ -294,12 +295,12 @@ def run_grid(fp: trdq.LoadedModel, quantized: Sequence[tuple[trdq.QuantConfig, t
     fp_out, seconds, peak = sample(fp, prompt, seed, steps, guidance)
     outputs = [Output("fp", "fp32", "full precision", fp_out, seconds, peak, weight_mib(fp),
                       read_output(fp_out, prompt, world_name, detector), **placement(fp))]
-    for i, (config, model, plan) in enumerate(quantized):
+    for i, (config, model, plan, *note) in enumerate(quantized):
         progress((i + 1) / (len(quantized) + 1), f"{config.method} {config.bits}")
         out, seconds, peak = sample(model, prompt, seed, steps, guidance, plan)
         close = fidelity(out[None], fp_out[None])
-        notes = [] if plan is None else [f"sharing {len(plan.layers)} layers "
-                                         f"({plan.skipped:.0%} of uncond scores)"]
+        notes = [*note] + ([] if plan is None else [f"sharing {len(plan.layers)} layers "
+                                                    f"({plan.skipped:.0%} of uncond scores)"])
         if config.attention_bits is not None:
             notes.append(f"attention scores QKᵀ at {config.attention_bits} bits")
         if model.quant.execution != "simulated":

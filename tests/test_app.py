@@ -440,6 +440,7 @@ def users_app(monkeypatch):
     """The app's model picker, restored after the test."""
     monkeypatch.setattr(app, "MODELS", dict(app.MODELS))
     monkeypatch.setattr(app, "AVAILABLE", list(app.AVAILABLE))
+    monkeypatch.setattr(app, "CHECKPOINTS", {})
     yield
     app.MODEL_CACHE.clear()
 
@@ -487,11 +488,43 @@ def test_models_the_app_cannot_take_get_a_message_that_says_why(users_app, tiny_
     assert len(app.AVAILABLE) == 2  # nothing was added
 
 
-def test_a_quantized_folder_is_pointed_to_its_full_precision_model(users_app, tiny_pixart, tmp_path):
-    q = trdq.quantize(tiny_pixart, QuantConfig(method="rtn"), ["a red circle"], steps=2)
+def test_a_quantized_folder_is_compared_with_the_model_it_was_made_from(users_app, tiny_folder, tmp_path):
+    base = trdq.load_model(str(tiny_folder))
+    q = trdq.quantize(base, QuantConfig(method="rtn", w_bits=4), ["a red circle"], steps=2)
+    folder = trdq.save_pretrained(q, tmp_path / "my-checkpoint")
+    picker, status, *_ = app.add_model(str(folder))
+    assert "trdq checkpoint: rtn W4A8, 1 time group" in picker.value and str(tiny_folder) in status
+    assert app.MODELS[picker.value] == str(tiny_folder)  # FP and the other tabs run on the base
+    prompt, steps = "a red fox resting in the snow", 2
+    with pytest.warns(UserWarning, match="checkpoint takes the first column: slot 4 is not shown"):
+        cols = _columns(app.compare(picker.value, prompt, 0, steps, 4.5, [("trdq", "w8a8")] * 4,
+                                    app.Recipe(groups=1)))
+    titles = [slot[0] for slot in cols["slots"]]
+    assert "rtn W4A8" in titles[0] and all("trdq W8A8" in t for t in titles[1:])  # slot 4 gave way
+    assert "your checkpoint my-checkpoint" in cols["slots"][0][3] and "PSNR vs FP" in cols["slots"][0][3]
+    # the column is the checkpoint's own output: the same pixels the in-memory model draws from that seed
+    assert np.array_equal(cols["slots"][0][1], app.media(grid.sample(q, prompt, 0, steps, 4.5)[0]))
+    real = app.Recipe(groups=1, execution="real integer (per-group weights)")
+    cols = _columns(app.compare(picker.value, prompt, 0, steps, 4.5, [("off", "w8a8")], real))
+    assert "rtn W4A8**<br>real integer" in cols["slots"][0][0] and cols["slots"][1][0] == app.EMPTY_SLOT[0]
+
+
+def test_a_checkpoint_without_its_base_model_here_says_how_to_go_on(users_app, tiny_folder, tmp_path):
+    from tests.conftest import build_tiny_pixart
+
+    q = trdq.quantize(trdq.load_model(str(tiny_folder)), QuantConfig(method="rtn"), ["a red circle"], steps=2)
     folder = trdq.save_pretrained(q, tmp_path / "q")
-    with pytest.raises(gr.Error, match="holds a quantized model; give the full-precision model"):
-        app.add_model(str(folder))
+    config_file = folder / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    other = tmp_path / "other-pixart"  # same architecture, other weights
+    build_tiny_pixart(seed=1).pipe.save_pretrained(other)
+    for base, message in [(str(tmp_path / "gone"), "which is not here .*`python -m trdq generate --model"),
+                          (str(other), "was not made from the .* found here .*weights of .* differ")]:
+        config["quantization_config"]["base_model"] = base
+        config_file.write_text(json.dumps(config))
+        with pytest.raises(gr.Error, match=message):
+            app.add_model(str(folder))
+    assert not app.CHECKPOINTS and len(app.AVAILABLE) == 2
 
 
 @pytest.mark.slow

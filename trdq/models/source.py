@@ -30,6 +30,8 @@ class ModelSource:
         pipeline: the pipeline class ``model_index.json`` names.
         transformer: the transformer class it names.
         family: the trdq adapter family of that class (``pixart``, ``latte``, ...).
+        quantization: for a quantized folder (:func:`trdq.save_pretrained`'s), its transformer's
+            ``quantization_config`` (method, bits, groups, the base model it was made from); else None.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelSource:
     pipeline: str
     transformer: str
     family: str
+    quantization: dict | None = None
 
 
 def supported_transformers() -> list[str]:
@@ -74,7 +77,7 @@ def inspect_source(name: str) -> ModelSource:
 
     Raises:
         FileNotFoundError: as :func:`locate`.
-        ValueError: for a folder without ``model_index.json``, or a quantized one (trdq's own).
+        ValueError: for a folder without ``model_index.json``.
         UnsupportedArchitectureError: for a pipeline without a supported transformer (a UNet one,
             say), naming the classes that are supported.
     """
@@ -85,15 +88,15 @@ def inspect_source(name: str) -> ModelSource:
                          "with pipe.save_pretrained(folder)")
     config = json.loads(index.read_text())
     transformer_config = folder / "transformer" / "config.json"
-    if transformer_config.is_file() and "quantization_config" in json.loads(transformer_config.read_text()):
-        raise ValueError(f"{name} holds a quantized model; give the full-precision model it was made from "
-                         "(trdq quantizes it here), or sample the quantized folder with "
-                         f"`python -m trdq generate --model {name}`")
+    quantization = None
+    if transformer_config.is_file():
+        quantization = json.loads(transformer_config.read_text()).get("quantization_config")
     entry = config.get("transformer")
     transformer = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
     for adapter in ADAPTERS.values():
         if transformer in adapter.classes:
-            return ModelSource(name, folder, config.get("_class_name", "?"), transformer, adapter.family)
+            return ModelSource(name, folder, config.get("_class_name", "?"), transformer, adapter.family,
+                               quantization)
     denoiser = transformer or next((v[1] for k, v in config.items() if k in ("unet", "prior") and
                                     isinstance(v, list) and len(v) == 2), "no transformer")
     raise UnsupportedArchitectureError(
@@ -120,6 +123,11 @@ def float32_bytes(folder: str | Path) -> int:
                 numel *= d
             total += numel * (4 if info["dtype"] in _FLOAT_DTYPES else _DTYPE_BYTES.get(info["dtype"], 4))
     return total
+
+
+def disk_bytes(folder: str | Path) -> int:
+    """The bytes of every ``*.safetensors`` under ``folder`` as stored."""
+    return sum(p.resolve().stat().st_size for p in Path(folder).rglob("*.safetensors"))
 
 
 def available_memory() -> int | None:
