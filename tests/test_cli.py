@@ -247,10 +247,22 @@ def test_quantize_refuses_a_folder_it_did_not_write_before_calibrating(tmp_path,
     assert "is not a trdq quantized folder" in caplog.text and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
-def test_a_model_outside_the_embedded_grammars_needs_calibration_captions(tmp_path, shapes_t2i, caplog):
-    shapes_t2i.pipe.save_pretrained(tmp_path / "plain")
-    assert main(["quantize", "--model", str(tmp_path / "plain"), "--out", str(tmp_path / "q")]) == 2
-    assert "--prompts-file" in caplog.text
+def test_a_model_outside_the_embedded_grammars_calibrates_on_general_captions_or_the_users(
+        tmp_path, tiny_pixart, monkeypatch):
+    from trdq import api
+    from trdq.captions import GENERAL_CAPTIONS
+
+    seen = []
+    calibrate = api.calibrate
+    monkeypatch.setattr(api, "calibrate", lambda prepared, prompts, **kw: seen.append(list(prompts)) or
+                        calibrate(prepared, prompts, **kw))
+    tiny_pixart.pipe.save_pretrained(tmp_path / "plain")  # no trdq_model.json: no caption world
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a lamp on a desk\n# a comment\n\na bridge at night\n")
+    argv = ["quantize", "--model", str(tmp_path / "plain"), "--method", "rtn", "--steps", "2"]
+    assert main([*argv, "--calib-prompts", "3", "--out", str(tmp_path / "q")]) == 0
+    assert main([*argv, "--prompts-file", str(mine), "--out", str(tmp_path / "q2")]) == 0
+    assert seen == [list(GENERAL_CAPTIONS[:3]), ["a lamp on a desk", "a bridge at night"]]
 
 
 @pytest.mark.slow

@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="quantize the attention scores QK^T too: 8 (int8 queries and mean-subtracted keys), "
                          "any width 2..8, or 'off' (default: attention in floating point)")
     qu.add_argument("--prompts-file", type=Path, default=None,
-                    help="calibration captions, one per line (default: drawn from an embedded model's grammar; "
-                         "needed for other models)")
+                    help="calibration captions, one per line (default: drawn from an embedded model's grammar, "
+                         "else trdq's general captions, trdq.captions; your own prompts are better)")
     qu.add_argument("--calib-prompts", type=_integer(1), default=16,
                     help="calibration prompts drawn when no --prompts-file is given")
     qu.add_argument("--out", type=Path, required=True,
@@ -345,7 +345,7 @@ def cmd_quantize(args) -> None:
     import time
 
     from trdq.api import calibrate, convert, prepare
-    from trdq.demo.eval.runner import read_captions
+    from trdq.captions import general_captions, read_captions
     from trdq.demo.worlds import WORLDS
     from trdq.models.loader import load_model
     from trdq.pretrained import check_destination, is_quantized_folder, save_pretrained
@@ -364,9 +364,8 @@ def cmd_quantize(args) -> None:
         prompts = [text for _, text in read_captions(args.prompts_file)]
     elif (caption_world := WORLDS.get(model.settings.world)) is not None:
         prompts = calibration_captions(caption_world, args)
-    else:
-        raise ValueError(f"{args.model} has no embedded caption grammar: pass --prompts-file with calibration "
-                         "captions like those you will generate from, one per line")
+    else:  # a model outside the shapes worlds: general captions, unless the user gives their own
+        prompts = general_captions(args.calib_prompts)
     t0 = time.perf_counter()
     with tqdm(total=len(prompts), desc=f"calibrating on {len(prompts)} prompts", unit="prompt") as bar:
         prepared = calibrate(prepare(model, config), prompts, steps=args.steps, guidance=args.guidance,

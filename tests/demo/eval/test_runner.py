@@ -16,7 +16,7 @@ def test_prompts_file_errors_name_the_line_and_the_grammar(tmp_path):
 
 
 def test_prompts_file_encoding_line_ends_and_size(tmp_path, monkeypatch):
-    import trdq.demo.eval.runner as runner
+    import trdq.captions as captions
 
     path = tmp_path / "prompts.txt"
     path.write_bytes(b"\xef\xbb\xbfa small red circle on the left\r\na large blue star at the top\r\n")
@@ -24,7 +24,7 @@ def test_prompts_file_encoding_line_ends_and_size(tmp_path, monkeypatch):
     path.write_bytes(b"a small red circle on the left\n\x89PNG\x00\xff")
     with pytest.raises(ValueError, match="is not UTF-8 text"):
         read_prompts_file(path)
-    monkeypatch.setattr(runner, "MAX_PROMPTS_FILE_BYTES", 10)
+    monkeypatch.setattr(captions, "MAX_PROMPTS_FILE_BYTES", 10)
     with pytest.raises(ValueError, match="a prompts file may hold at most 10"):
         read_prompts_file(path)
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from trdq.api import Prepared, calibrate_groups, convert, quantize
 from trdq.attention import ShareRule, measure_similarity, select_layers, share_attention
+from trdq.captions import read_captions
 from trdq.config import QuantConfig, TimeGroups
 from trdq.demo import motion, shapes
 from trdq.demo.eval.clips import score_clips
@@ -25,36 +26,6 @@ from trdq.layers import EXECUTION
 from trdq.methods import DEFAULT_FIXED_ALPHA, num_groups, recipe_for
 from trdq.models.loader import LoadedModel
 from trdq.sampling import generate
-
-#: A prompts file larger than this is refused before it is read (200 captions take about 8 KB).
-MAX_PROMPTS_FILE_BYTES = 1 << 20
-
-
-def read_captions(path: str | Path, minimum: int = 1) -> list[tuple[int, str]]:
-    """(line number, caption) of a UTF-8 text file with one caption per line (a byte-order mark
-    and CRLF line ends are fine; blank lines and ``#`` comments are skipped).
-
-    Raises:
-        ValueError: for a file over :data:`MAX_PROMPTS_FILE_BYTES`, one that is not UTF-8 text, or
-            fewer than ``minimum`` captions.
-    """
-    path = Path(path)
-    if (size := path.stat().st_size) > MAX_PROMPTS_FILE_BYTES:
-        raise ValueError(f"{path} is {size:,} bytes; a prompts file may hold at most {MAX_PROMPTS_FILE_BYTES:,} "
-                         "(one short caption per line)")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        text, where = None, f"byte {err.start}: {err.reason}"
-    if text is None or "\0" in text:
-        where = where if text is None else f"a NUL at character {text.index(chr(0))}"
-        raise ValueError(f"{path} is not UTF-8 text ({where}); write one caption per line in a text editor")
-    captions = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
-                if line.strip() and not line.strip().startswith("#")]
-    if len(captions) < minimum:
-        raise ValueError(f"{path} holds {len(captions)} caption(s); at least {minimum} needed (one per line)")
-    return captions
 
 
 def read_prompts_file(path: str | Path, caption_world=shapes, minimum: int = 2) -> list:
