@@ -38,24 +38,26 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 
 import trdq
 from analysis import compare as grid
 from analysis import examples as shipped
 from analysis.compare import CALIBRATION, DEFAULT_RECIPE, DEFAULT_SLOTS
 from trdq.api import calibrate_groups
-from trdq.captions import GENERAL_CAPTIONS
+from trdq.captions import GENERAL_CAPTIONS, read_captions
 from trdq.config import METHODS, ROTATIONS, SEED_LIMIT, parse_bits
 from trdq.cpu import cpu_info
 from trdq.demo.worlds import WORLDS
 from trdq.fingerprint import mismatch
 from trdq.models.cache import ModelCache
-from trdq.models.loader import EMBEDDED
+from trdq.models.loader import EMBEDDED, folder_settings
 from trdq.models.source import (
     available_memory,
     disk_bytes,
-    float32_bytes,
     inspect_source,
+    loaded_bytes,
+    placement,
     supported_transformers,
 )
 
@@ -86,6 +88,14 @@ MEMORY_LIMIT: int | None = None  # bytes; None: what the system has available wh
 # Quantized folders (trdq.save_pretrained) the user added, by picker label: the picker's model is
 # the checkpoint's full-precision base, and the checkpoint takes the grid's first quantized column.
 CHECKPOINTS: dict[str, str] = {}
+# Where each model the user added runs (trdq.models.source.placement of its family: the GPU in half
+# precision when there is one, else the CPU in float32), by name; the embedded models run on the CPU.
+PLACEMENT: dict[str, tuple[str, torch.dtype]] = {}
+# Calibration captions a user uploaded with their model, by name (at most MAX_USER_CAPTIONS used).
+USER_CAPTIONS: dict[str, list[str]] = {}
+MAX_USER_CAPTIONS = 16
+# On a ZeroGPU Space (which sets SPACES_ZERO_GPU), the handlers that sample hold a GPU this long at most.
+GPU_SECONDS = int(os.environ.get("TRDQ_GPU_SECONDS", "120"))
 
 
 # ---------------------------------------------------------------- models, cached per process
@@ -94,7 +104,18 @@ CHECKPOINTS: dict[str, str] = {}
 @functools.lru_cache(maxsize=2)
 def fp_model(name: str) -> trdq.LoadedModel:
     """A full-precision model (embedded, or a folder the user added), loaded once per process."""
-    return trdq.load_model(name)
+    device, dtype = PLACEMENT.get(name, ("cpu", torch.float32))
+    return trdq.load_model(name, device=device, dtype=dtype)
+
+
+def on_gpu(handler):
+    """``handler`` under the GPU decorator of a ZeroGPU Space (the `spaces` package, imported only
+    there), which lends the process a GPU while it runs; ``handler`` itself anywhere else."""
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return handler
+    import spaces
+
+    return spaces.GPU(duration=GPU_SECONDS)(handler)
 
 
 @functools.cache
@@ -106,10 +127,12 @@ def detector():
 
 
 def calibration_count(name: str) -> int:
-    return CALIBRATION.get(name, USER_CALIBRATION)
+    return len(USER_CAPTIONS[name]) if name in USER_CAPTIONS else CALIBRATION.get(name, USER_CALIBRATION)
 
 
 def calibration_prompts(name: str) -> list[str]:
+    if name in USER_CAPTIONS:
+        return USER_CAPTIONS[name]
     return grid.calibration_prompts(fp_model(name), calibration_count(name))
 
 
@@ -431,19 +454,22 @@ def show_example(model_label: str, prompt: str | None = None) -> list:
 
 
 def switch_model(model_label: str) -> list:
-    """Handler of the model radio: the model's first example prompt and its precomputed grid."""
+    """Handler of the model radio: the model's first example prompt, its sampling steps and guidance
+    (its trdq settings, else its pipeline's own defaults) and its precomputed grid."""
     name = MODELS.get(model_label, "shapes-t2i")
-    return [examples(name)[0], *show_example(model_label, examples(name)[0])]
+    settings = folder_settings(EMBEDDED.get(name, name))
+    return [examples(name)[0], settings.steps, settings.guidance, *show_example(model_label, examples(name)[0])]
 
 
 def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def add_model(source: str) -> list:
+def add_model(source: str, captions_file: str | None = None) -> list:
     """Handler of 'Load model': check a local pipeline folder or a hub id in the local Hugging Face
-    cache (supported transformer, memory), load it and select it in the model picker. Returns the
-    picker, a status line, and the prompt and grid :func:`switch_model` gives."""
+    cache (supported transformer, memory), load it where :func:`placement` says and select it in the
+    model picker; calibrate it on ``captions_file`` (one caption per line) if given. Returns the
+    picker, a status line, and what :func:`switch_model` gives."""
     source = (source or "").strip()
     if not source:
         raise gr.Error("Type the path of a diffusers pipeline folder, or a hub id such as "
@@ -454,15 +480,43 @@ def add_model(source: str) -> list:
         raise gr.Error(str(err)) from None
     if found.quantization is not None:
         return add_checkpoint(source, found)
-    need = float32_bytes(found.folder)
-    check_memory(source, need, 2 * need, "and each quantized copy about as much again")
-    loaded = load_fp(source, str(found.folder))
+    captions = read_user_captions(captions_file)
+    name = str(found.folder)
+    device, dtype = placement(found.family)
+    need = loaded_bytes(found.folder, dtype.itemsize)
+    check_memory(source, need, 2 * need, f"in {str(dtype).removeprefix('torch.')}, and each quantized copy "
+                 "about as much again", device)
+    if PLACEMENT.get(name, ("cpu", torch.float32)) != (device, dtype):
+        fp_model.cache_clear()  # loaded elsewhere before
+    PLACEMENT[name] = device, dtype
+    loaded = load_fp(source, name)
+    if USER_CAPTIONS.get(name) != captions:  # calibrations of the earlier captions are stale
+        USER_CAPTIONS.pop(name, None)
+        if captions:
+            USER_CAPTIONS[name] = captions
+        calibration.cache_clear()
+        MODEL_CACHE.clear()
     label = f"{source} ({found.transformer})"
-    pick(label, str(found.folder))
+    pick(label, name)
+    where = grid.placement(loaded)
+    calibrating = (f"{len(captions)} of your captions" if captions else
+                   f"{USER_CALIBRATION} general captions (trdq.captions; upload your own for a better fit)")
     status = (f"Loaded **{source}**: {found.pipeline} with {found.transformer} ({found.family}), "
-              f"{_size(need)} in float32, on {grid.placement(loaded)['device']}. Calibration uses "
-              f"{USER_CALIBRATION} general captions (trdq.captions); the detector reads the shapes worlds only.")
+              f"{_size(need)} of weights, on {where['device']} in {where['dtype']}; sampling defaults "
+              f"{loaded.settings.steps} steps, guidance {loaded.settings.guidance:g}. Calibration uses "
+              f"{calibrating}; the detector reads the shapes worlds only.")
     return [gr.Radio(choices=AVAILABLE, value=label), status, *switch_model(label)]
+
+
+def read_user_captions(path: str | None) -> list[str]:
+    """The captions of an uploaded file (one per line), at most :data:`MAX_USER_CAPTIONS`; [] for none."""
+    if not path:
+        return []
+    try:
+        return [text for _, text in read_captions(path)][:MAX_USER_CAPTIONS]
+    except (OSError, ValueError) as err:
+        raise gr.Error(f"The calibration captions file cannot be used: {err}. Upload a UTF-8 .txt file with "
+                       "one caption per line, or none for the general captions.") from None
 
 
 def add_checkpoint(source: str, found) -> list:
@@ -486,9 +540,9 @@ def add_checkpoint(source: str, found) -> list:
         if base_found.quantization is not None:
             raise gr.Error(f"{source} names {base} as its base, and that is quantized too")
         base_folder = str(base_found.folder)
-    fp_bytes = float32_bytes(EMBEDDED[base] if base in EMBEDDED else base_folder)
+    fp_bytes = loaded_bytes(EMBEDDED[base] if base in EMBEDDED else base_folder)
     check_memory(source, fp_bytes, 2 * fp_bytes + 2 * disk_bytes(found.folder),
-                 f"with its base {base} in float32, a quantized copy of it for the slots, and the checkpoint")
+                 f"for its base {base} in float32, with a quantized copy of it for the slots and the checkpoint")
     fp = load_fp(base, base_folder)
     if (saved := quant.get("base_fingerprint")) and (differs := mismatch(saved, fp.pipe.transformer)):
         raise gr.Error(f"{source} was not made from the {base} found here ({differs}): its error against "
@@ -505,12 +559,14 @@ def add_checkpoint(source: str, found) -> list:
     return [gr.Radio(choices=AVAILABLE, value=label), status, *switch_model(label)]
 
 
-def check_memory(source: str, size: int, need: int, what: str) -> None:
-    """Refuse, with the numbers, a model whose loading would not fit in free memory."""
-    free = MEMORY_LIMIT if MEMORY_LIMIT is not None else available_memory()
+def check_memory(source: str, size: int, need: int, what: str, device: str = "cpu") -> None:
+    """Refuse, with the numbers, a model whose loading would not fit in free memory (of the GPU,
+    for ``cuda``)."""
+    free = MEMORY_LIMIT if MEMORY_LIMIT is not None else available_memory(device)
     if free is not None and need > free:
-        raise gr.Error(f"{source} takes about {_size(size)} in float32, {what}: {_size(need)}, where "
-                       f"{_size(free)} is free. Free memory or use a machine with more.")
+        memory = "GPU memory" if device != "cpu" else "memory"
+        raise gr.Error(f"{source} takes about {_size(size)} {what}: {_size(need)}, where {_size(free)} of "
+                       f"{memory} is free. Free memory or use a machine with more.")
 
 
 def load_fp(source: str, name: str) -> trdq.LoadedModel:
@@ -747,12 +803,14 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             model = gr.Radio(AVAILABLE, value=AVAILABLE[0], label="Model")
-            steps = gr.Slider(1, 50, value=20, step=1, label="Sampling steps (DDIM)")
+            steps = gr.Slider(1, 100, value=20, step=1, label="Sampling steps")
             guidance = gr.Slider(1.0, 10.0, value=4.5, step=0.5, label="Guidance scale")
         with gr.Accordion("Your model: a diffusers pipeline folder, or a hub id in the local cache", open=False):
             with gr.Row():
                 source = gr.Textbox(label="Folder or hub id", scale=4,
                                     placeholder="/path/to/pipeline or PixArt-alpha/PixArt-XL-2-512x512")
+                captions_file = gr.File(label="Calibration captions (optional .txt, one per line)", scale=2,
+                                        file_types=[".txt"], type="filepath")
                 load_button = gr.Button("Load model", scale=1)
             source_info = gr.Markdown(f"Supported transformers: {', '.join(supported_transformers())}. A "
                                       "quantized folder (`python -m trdq quantize --out`) is shown beside the "
@@ -845,7 +903,7 @@ def build_demo() -> gr.Blocks:
         trajectory_outputs = [curve_plot, similarity_plot, trajectory_caption]
         # precomputed answers of the other model on a switch; light reads, so outside the one-at-a-time queue
         ui_only = {"concurrency_limit": None, "api_visibility": "undocumented"}
-        model.input(switch_model, inputs=model, outputs=[prompt, *grid_outputs], **ui_only)
+        model.input(switch_model, inputs=model, outputs=[prompt, steps, guidance, *grid_outputs], **ui_only)
         model.input(shipped_distributions, inputs=model, outputs=distribution_outputs, **ui_only)
         model.input(shipped_trajectory, inputs=model, outputs=trajectory_outputs, **ui_only)
         bits.change(bits_note, inputs=bits, outputs=bits_info, **ui_only)
@@ -872,18 +930,19 @@ def build_demo() -> gr.Blocks:
             return trajectory(model_label, steps_, guidance_, method_, bits_, Recipe.from_widgets(*recipe),
                               progress=progress)
 
-        quantize_button.click(on_quantize, inputs=[model, method, bits, *recipe_inputs], outputs=quantize_info,
+        quantize_button.click(on_gpu(on_quantize), inputs=[model, method, bits, *recipe_inputs], outputs=quantize_info,
                               api_name="quantize")
-        compare_button.click(on_compare, inputs=[model, prompt, seed, steps, guidance, *slot_inputs, *recipe_inputs],
+        compare_button.click(on_gpu(on_compare), inputs=[model, prompt, seed, steps, guidance, *slot_inputs, *recipe_inputs],
                              outputs=grid_outputs, api_name="compare")
         list_button.click(on_layers, inputs=[model, method, bits, *recipe_inputs], outputs=[layer, group],
                           api_name="layers")
-        show_button.click(on_distributions, inputs=[model, layer, group, steps, guidance, method, bits, *recipe_inputs],
+        show_button.click(on_gpu(on_distributions), inputs=[model, layer, group, steps, guidance, method, bits, *recipe_inputs],
                           outputs=distribution_outputs[2:], api_name="distributions")
-        trajectory_button.click(on_trajectory, inputs=[model, steps, guidance, method, bits, *recipe_inputs],
+        trajectory_button.click(on_gpu(on_trajectory), inputs=[model, steps, guidance, method, bits, *recipe_inputs],
                                 outputs=trajectory_outputs, api_name="trajectory")
         bench_button.click(benchmark, inputs=bench_file, outputs=[bench_md, bench_plot], api_name="benchmark")
-        loaded = load_button.click(add_model, inputs=source, outputs=[model, source_info, prompt, *grid_outputs],
+        loaded = load_button.click(on_gpu(add_model), inputs=[source, captions_file],
+                                   outputs=[model, source_info, prompt, steps, guidance, *grid_outputs],
                                    api_name="add_model")
         loaded.success(shipped_distributions, inputs=model, outputs=distribution_outputs, **ui_only)
         loaded.success(shipped_trajectory, inputs=model, outputs=trajectory_outputs, **ui_only)

@@ -7,6 +7,7 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+import torch
 from PIL import Image
 
 import app
@@ -294,7 +295,8 @@ def test_an_example_prompt_shows_its_own_shipped_grid_and_a_model_switch_sets_it
     prompt = app.EXAMPLES["shapes-t2i"][1]
     assert prompt in app.show_example(IMAGE, prompt)[0]
     values = app.switch_model(IMAGE)
-    assert values[0] == app.EXAMPLES["shapes-t2i"][0] and len(values) == 1 + FP_PARTS + SLOT_PARTS * app.NUM_SLOTS
+    assert values[0] == app.EXAMPLES["shapes-t2i"][0] and values[1:3] == [20, 4.5]  # its trdq settings
+    assert len(values) == 3 + FP_PARTS + SLOT_PARTS * app.NUM_SLOTS
 
 
 def test_a_model_without_shipped_examples_says_how_to_get_a_grid(tiny_image_model):
@@ -441,6 +443,8 @@ def users_app(monkeypatch):
     monkeypatch.setattr(app, "MODELS", dict(app.MODELS))
     monkeypatch.setattr(app, "AVAILABLE", list(app.AVAILABLE))
     monkeypatch.setattr(app, "CHECKPOINTS", {})
+    monkeypatch.setattr(app, "PLACEMENT", {})
+    monkeypatch.setattr(app, "USER_CAPTIONS", {})
     yield
     app.MODEL_CACHE.clear()
 
@@ -456,9 +460,11 @@ def tiny_folder(tmp_path_factory):
 
 def test_a_users_pipeline_folder_is_loaded_by_path_and_compared_with_device_latency_and_memory(
         users_app, tiny_folder):
-    picker, status, prompt, *opened = app.add_model(str(tiny_folder))
+    picker, status, prompt, steps, guidance, *opened = app.add_model(str(tiny_folder))
     label = picker.value
     assert label in app.AVAILABLE and "PixArtTransformer2DModel" in status and "pixart" in status
+    assert "on cpu in float32" in status and "4 general captions" in status
+    assert (steps, guidance) == (20, 4.5)  # PixArt-alpha's own defaults: the folder has no trdq settings
     assert prompt == app.GENERAL_CAPTIONS[0] and "press **Compare**" in opened[0]  # no shipped grid for it
     cols = _columns(app.compare(label, "a red fox resting in the snow", 0, 2, 4.5, [("trdq", "w8a8")],
                                 app.Recipe(groups=1, block_size=32)))
@@ -467,6 +473,57 @@ def test_a_users_pipeline_folder_is_loaded_by_path_and_compared_with_device_late
     for text in (fp_facts, facts):
         assert "cpu, float32" in text and " s · peak RSS" in text and "detector**: not run" in text
     assert "PSNR vs FP" in facts
+
+
+def test_a_users_captions_file_calibrates_their_model_and_a_bad_file_says_why(users_app, tiny_folder, tmp_path,
+                                                                              monkeypatch):
+    seen = []
+    calibrate = app.calibrate_groups
+    monkeypatch.setattr(app, "calibrate_groups", lambda m, g, prompts, **kw: seen.append(prompts) or
+                        calibrate(m, g, prompts, **kw))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\x89PNG\x00\xff")
+    with pytest.raises(gr.Error, match="captions file cannot be used: .* is not UTF-8 text"):
+        app.add_model(str(tiny_folder), str(bad))
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a lamp on a desk\n\na bridge at night\n")
+    picker, status, *_ = app.add_model(str(tiny_folder), str(mine))
+    assert "2 of your captions" in status
+    app.compare(picker.value, "a lamp", 0, 2, 4.5, [("rtn", "w8a8")], app.Recipe(groups=1))
+    assert seen == [["a lamp on a desk", "a bridge at night"]]
+    app.add_model(str(tiny_folder))  # no file now: the general captions, calibrated afresh
+    app.compare(picker.value, "a lamp", 0, 2, 4.5, [("rtn", "w8a8")], app.Recipe(groups=1))
+    assert seen[1] == list(app.GENERAL_CAPTIONS[:app.USER_CALIBRATION])
+
+
+def test_a_model_placed_in_half_precision_loads_calibrates_and_says_so(users_app, tiny_folder, monkeypatch):
+    """What a GPU gives a user's model (its family's half precision), tried here in bf16 on the CPU."""
+    monkeypatch.setattr(app, "placement", lambda family: ("cpu", torch.bfloat16))
+    picker, status, *_ = app.add_model(str(tiny_folder))
+    assert "on cpu in bfloat16" in status
+    assert app.fp_model(app.MODELS[picker.value]).pipe.transformer.dtype == torch.bfloat16
+    cols = _columns(app.compare(picker.value, "a red fox", 0, 2, 4.5, [("trdq", "w8a8")],
+                                app.Recipe(groups=1, block_size=32)))
+    assert "cpu, bfloat16" in cols["fp"][2] and "PSNR vs FP" in cols["slots"][0][3]
+    app.fp_model.cache_clear()  # the tests after load the same folder in float32
+
+
+def test_on_a_zerogpu_space_the_sampling_handlers_run_under_the_spaces_decorator(monkeypatch):
+    import sys
+    import types
+
+    wrapped = []
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda duration: lambda fn: wrapped.append((fn.__name__, duration)) or fn
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    app.build_demo()
+    assert wrapped == []  # elsewhere the handlers are left as they are
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    app.build_demo()
+    assert sorted(name for name, _ in wrapped) == ["add_model", "on_compare", "on_distributions", "on_quantize",
+                                                   "on_trajectory"]
+    assert {d for _, d in wrapped} == {app.GPU_SECONDS}
 
 
 def test_models_the_app_cannot_take_get_a_message_that_says_why(users_app, tiny_folder, tmp_path, monkeypatch):
@@ -483,7 +540,7 @@ def test_models_the_app_cannot_take_get_a_message_that_says_why(users_app, tiny_
         with pytest.raises(gr.Error, match=message):
             app.add_model(source)
     monkeypatch.setattr(app, "MEMORY_LIMIT", 2**20)  # 1 MiB free: the tiny model needs more
-    with pytest.raises(gr.Error, match=r"MiB in float32, .* where 1\.0 MiB is free"):
+    with pytest.raises(gr.Error, match=r"MiB in float32, .* where 1\.0 MiB of memory is free"):
         app.add_model(str(tiny_folder))
     assert len(app.AVAILABLE) == 2  # nothing was added
 

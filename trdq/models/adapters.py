@@ -33,6 +33,8 @@ class Adapter:
         timestep_position: index of ``timestep`` in ``forward``'s positional arguments.
         example_inputs: ``(transformer, batch, timestep, generator) -> forward kwargs`` with
             random tensors of the shapes the transformer's config implies.
+        gpu_dtype: the half precision the family's checkpoints are published and run in on a GPU
+            (bf16 where a GPU lacks it falls back to fp16: :func:`trdq.models.source.placement`).
     """
 
     family: str
@@ -41,6 +43,7 @@ class Adapter:
     exclude: tuple[str, ...]
     timestep_position: int
     example_inputs: Callable[[nn.Module, int, float, torch.Generator], Inputs]
+    gpu_dtype: torch.dtype = torch.float16
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -103,8 +106,10 @@ register(Adapter("pixart", ("PixArtTransformer2DModel",), BLOCKS, (), 2, _pixart
 register(Adapter("latte", ("LatteTransformer3DModel",), BLOCKS + ("temporal_transformer_blocks.*",), (), 1, _latte))
 # DiT's and SD3's blocks hold their own adaLN modulation (and DiT's its timestep/label embedders).
 register(Adapter("dit", ("DiTTransformer2DModel",), BLOCKS, ("*.norm1.*",), 1, _dit))
-register(Adapter("sd3", ("SD3Transformer2DModel",), BLOCKS, ("*.norm1.*", "*.norm1_context.*"), 3, _sd3))
-register(Adapter("sana", ("SanaTransformer2DModel",), BLOCKS, (), 2, _sana))
+# SD3.5 and Sana are published in bf16 (their fp16 activations can overflow); PixArt, Latte, DiT in fp16.
+register(Adapter("sd3", ("SD3Transformer2DModel",), BLOCKS, ("*.norm1.*", "*.norm1_context.*"), 3, _sd3,
+                 gpu_dtype=torch.bfloat16))
+register(Adapter("sana", ("SanaTransformer2DModel",), BLOCKS, (), 2, _sana, gpu_dtype=torch.bfloat16))
 
 
 def adapter_for(transformer: nn.Module) -> Adapter:

@@ -62,6 +62,36 @@ class LoadedModel:
     quant: Any = None
 
 
+def pipeline_defaults(pipeline: type | str) -> dict:
+    """The steps and guidance scale a diffusers pipeline class samples with when not told (its
+    ``__call__`` defaults: 20 and 4.5 for PixArt-alpha, 50 and 7.5 for Latte, 28 and 7.0 for SD3),
+    as :class:`ModelSettings` fields; empty for a class diffusers does not have."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, pipeline, None) if isinstance(pipeline, str) else pipeline
+    if cls is None:
+        return {}
+    params = inspect.signature(cls.__call__).parameters
+    found = {field: params[name].default for field, name in (("steps", "num_inference_steps"),
+                                                             ("guidance", "guidance_scale")) if name in params}
+    return {k: v for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def folder_settings(folder: str | Path) -> ModelSettings:
+    """The sampling defaults of a pipeline folder: its ``trdq_model.json`` when it has one (the
+    embedded models do), else its pipeline class's own (:func:`pipeline_defaults`)."""
+    folder = Path(folder)
+    if (folder / SETTINGS_FILE).is_file():
+        return ModelSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
+    try:
+        pipeline = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError):
+        pipeline = ""
+    return ModelSettings(**pipeline_defaults(pipeline))
+
+
 def resolve(model: str) -> str:
     """Map a ``--model`` value to what ``from_pretrained`` takes; checks embedded assets exist."""
     if model in EMBEDDED:
@@ -113,6 +143,5 @@ def load_model(model: str = "shapes-t2i", device: str | torch.device = "cpu",
             "Hugging Face cache; download it once elsewhere and pass its folder instead."
         ) from err
     pipe.set_progress_bar_config(disable=True)
-    settings_path = Path(source) / SETTINGS_FILE
-    settings = ModelSettings(**json.loads(settings_path.read_text())) if settings_path.exists() else ModelSettings()
+    settings = folder_settings(source) if local else ModelSettings(**pipeline_defaults(type(pipe)))
     return LoadedModel(name=model, pipe=pipe.to(device), settings=settings)

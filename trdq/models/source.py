@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from trdq.models.adapters import ADAPTERS, UnsupportedArchitectureError
 
 #: Bytes per element of the safetensors dtypes that load as float32.
@@ -110,9 +112,10 @@ def _safetensors_header(path: Path) -> dict:
         return json.loads(f.read(length))
 
 
-def float32_bytes(folder: str | Path) -> int:
-    """The bytes the weights of every ``*.safetensors`` under ``folder`` take once loaded in float32
-    (read from the files' headers: floating tensors at 4 bytes an element, others as stored)."""
+def loaded_bytes(folder: str | Path, float_bytes: int = 4) -> int:
+    """The bytes the weights of every ``*.safetensors`` under ``folder`` take once loaded: read from
+    the files' headers, floating tensors at ``float_bytes`` an element (4: float32; 2: a
+    half-precision load), others as stored."""
     total = 0
     for path in Path(folder).rglob("*.safetensors"):
         for key, info in _safetensors_header(path.resolve()).items():
@@ -121,7 +124,7 @@ def float32_bytes(folder: str | Path) -> int:
             numel = 1
             for d in info["shape"]:
                 numel *= d
-            total += numel * (4 if info["dtype"] in _FLOAT_DTYPES else _DTYPE_BYTES.get(info["dtype"], 4))
+            total += numel * (float_bytes if info["dtype"] in _FLOAT_DTYPES else _DTYPE_BYTES.get(info["dtype"], 4))
     return total
 
 
@@ -130,8 +133,26 @@ def disk_bytes(folder: str | Path) -> int:
     return sum(p.resolve().stat().st_size for p in Path(folder).rglob("*.safetensors"))
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the system can still give (``MemAvailable``), or None where unknown."""
+def placement(family: str, cuda: bool | None = None, bf16: bool | None = None) -> tuple[str, torch.dtype]:
+    """Where and in which dtype a user's pipeline of ``family`` runs: on the GPU when there is one,
+    in the family's half precision (:attr:`~trdq.models.adapters.Adapter.gpu_dtype`; fp16 on a GPU
+    without bf16); else on the CPU in float32 (half precision there is slow without native kernels,
+    and the integer path keeps float32 outside its GEMMs). ``cuda`` and ``bf16`` default to what
+    this machine has."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda:
+        return "cpu", torch.float32
+    dtype = ADAPTERS[family].gpu_dtype
+    if dtype == torch.bfloat16 and not (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
+        dtype = torch.float16
+    return "cuda", dtype
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes of memory the system (or the GPU, for ``cuda``) can still give (``MemAvailable``;
+    the CUDA driver's free memory), or None where unknown."""
+    if device != "cpu":
+        return torch.cuda.mem_get_info()[0]
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
