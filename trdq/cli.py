@@ -57,8 +57,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="shapes-t2i or shapes-t2v (embedded), a local diffusers folder, a hub id, or (generate, "
                         "eval) a quantized folder written by `python -m trdq quantize`")
     p.add_argument("--seed", type=_integer(0, SEED_LIMIT - 1), default=0)
-    p.add_argument("--steps", type=_integer(1), default=None, help="sampling steps (model default: 20)")
-    p.add_argument("--guidance", type=_finite(), default=None, help="CFG scale (model default: 4.5)")
+    p.add_argument("--steps", type=_integer(1), default=None, help="sampling steps (default: the model's; 20 for the embedded ones)")
+    p.add_argument("--guidance", type=_finite(), default=None, help="CFG scale (default: the model's; 4.5 for the embedded ones)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attention-bits", default="off",
                     help="quantize the attention scores QK^T too: 8, any width 2..8, or 'off' (default); a comma "
                          "list (e.g. off,8) evaluates each")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu"),
+                    help="auto: each process on its own GPU (LOCAL_RANK) when there are GPUs, else the CPU; "
+                         "cpu: the CPU always")
     ev.add_argument("--cfg-split", action="store_true",
                     help="quantize the CFG branches apart (own statistics and parameters, separate passes)")
     ev.add_argument("--uncond-bits", default=None,
@@ -397,6 +400,8 @@ def cmd_eval(args) -> None:
     if not shards.main:  # one process reports and writes; the others sample their share
         log.setLevel(logging.WARNING)
     model = load_any(args.model)  # a quantized folder is evaluated as it is
+    if (device := "cpu" if args.device == "cpu" else Shards.device()) != "cpu":
+        model.pipe.to(device)
     caption_world = world(model.settings.world)
     include_fp, configs = quant_configs(args, args.steps or model.settings.steps)
     own = ("fp",) if model.quant is None else config_key(model.quant.config)  # the record of --model itself

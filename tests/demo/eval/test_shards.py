@@ -27,6 +27,13 @@ def test_one_process_gathers_its_own_values_in_batch_order():
     assert shards.gather_batches({8: "b", 0: "a", 16: "c"}) == ["a", "b", "c"]
 
 
+def test_each_process_takes_the_gpu_of_its_local_rank_or_the_cpu(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert Shards.device(cuda=False) == "cpu" and Shards.device(cuda=True) == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert Shards.device(cuda=True) == "cuda:3" and Shards.device(cuda=False) == "cpu"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

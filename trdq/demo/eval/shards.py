@@ -30,14 +30,25 @@ class Shards:
     @classmethod
     def from_environment(cls) -> Shards:
         """One process unless a launcher set ``WORLD_SIZE`` above 1; then the process group is
-        joined (gloo without a GPU, nccl with one) unless the launcher has joined it already."""
+        joined (gloo without a GPU; nccl with one, each process on the GPU of its ``LOCAL_RANK``)
+        unless the launcher has joined it already."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         import torch.distributed as dist
 
         if not dist.is_initialized():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(cls.device())  # nccl gathers on the current GPU
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return cls(dist.get_rank(), dist.get_world_size())
+
+    @staticmethod
+    def device(cuda: bool | None = None) -> str:
+        """Where this process runs its model: the GPU of its ``LOCAL_RANK`` (one per process on a
+        machine; 0 without a launcher) when there is one, else the CPU."""
+        if not (torch.cuda.is_available() if cuda is None else cuda):
+            return "cpu"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
     @property
     def main(self) -> bool:
