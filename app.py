@@ -441,6 +441,8 @@ def compare(model_label: str, prompt: str, seed: float, steps: float, guidance: 
 def show_example(model_label: str, prompt: str | None = None) -> list:
     """The shipped grid of ``prompt`` (else the model's first), read from assets/examples: instant."""
     name = MODELS.get(model_label)
+    if model_label in CHECKPOINTS:  # the shipped grids are of the base model's slots, without the checkpoint
+        return empty_grid(f"Press **Compare** to see your checkpoint beside {name} in full precision.")
     found = None if name is None else shipped.load_grid(name, prompt)
     if found is None:
         return empty_grid(f"No precomputed grid for {model_label}: press **Compare** (or run "
@@ -490,7 +492,7 @@ def add_model(source: str, captions_file: str | None = None) -> list:
         fp_model.cache_clear()  # loaded elsewhere before
     PLACEMENT[name] = device, dtype
     loaded = load_fp(source, name)
-    if USER_CAPTIONS.get(name) != captions:  # calibrations of the earlier captions are stale
+    if USER_CAPTIONS.get(name, []) != captions:  # calibrations of the earlier captions are stale
         USER_CAPTIONS.pop(name, None)
         if captions:
             USER_CAPTIONS[name] = captions
@@ -930,15 +932,19 @@ def build_demo() -> gr.Blocks:
             return trajectory(model_label, steps_, guidance_, method_, bits_, Recipe.from_widgets(*recipe),
                               progress=progress)
 
-        quantize_button.click(on_gpu(on_quantize), inputs=[model, method, bits, *recipe_inputs], outputs=quantize_info,
-                              api_name="quantize")
-        compare_button.click(on_gpu(on_compare), inputs=[model, prompt, seed, steps, guidance, *slot_inputs, *recipe_inputs],
+        # on_gpu: the handlers that sample hold a GPU on a ZeroGPU Space
+        quantize_button.click(on_gpu(on_quantize), inputs=[model, method, bits, *recipe_inputs],
+                              outputs=quantize_info, api_name="quantize")
+        compare_button.click(on_gpu(on_compare),
+                             inputs=[model, prompt, seed, steps, guidance, *slot_inputs, *recipe_inputs],
                              outputs=grid_outputs, api_name="compare")
         list_button.click(on_layers, inputs=[model, method, bits, *recipe_inputs], outputs=[layer, group],
                           api_name="layers")
-        show_button.click(on_gpu(on_distributions), inputs=[model, layer, group, steps, guidance, method, bits, *recipe_inputs],
+        show_button.click(on_gpu(on_distributions),
+                          inputs=[model, layer, group, steps, guidance, method, bits, *recipe_inputs],
                           outputs=distribution_outputs[2:], api_name="distributions")
-        trajectory_button.click(on_gpu(on_trajectory), inputs=[model, steps, guidance, method, bits, *recipe_inputs],
+        trajectory_button.click(on_gpu(on_trajectory),
+                                inputs=[model, steps, guidance, method, bits, *recipe_inputs],
                                 outputs=trajectory_outputs, api_name="trajectory")
         bench_button.click(benchmark, inputs=bench_file, outputs=[bench_md, bench_plot], api_name="benchmark")
         loaded = load_button.click(on_gpu(add_model), inputs=[source, captions_file],

@@ -549,8 +549,9 @@ def test_a_quantized_folder_is_compared_with_the_model_it_was_made_from(users_ap
     base = trdq.load_model(str(tiny_folder))
     q = trdq.quantize(base, QuantConfig(method="rtn", w_bits=4), ["a red circle"], steps=2)
     folder = trdq.save_pretrained(q, tmp_path / "my-checkpoint")
-    picker, status, *_ = app.add_model(str(folder))
+    picker, status, prompt, steps, guidance, header, *_ = app.add_model(str(folder))
     assert "trdq checkpoint: rtn W4A8, 1 time group" in picker.value and str(tiny_folder) in status
+    assert "Press **Compare** to see your checkpoint" in header
     assert app.MODELS[picker.value] == str(tiny_folder)  # FP and the other tabs run on the base
     prompt, steps = "a red fox resting in the snow", 2
     with pytest.warns(UserWarning, match="checkpoint takes the first column: slot 4 is not shown"):
