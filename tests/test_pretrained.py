@@ -43,7 +43,14 @@ def test_a_saved_pipeline_loads_without_the_fp_weights_and_gives_the_same_images
 
     loaded = from_pretrained(folder)
     assert loaded.quant.config == W4A8 and loaded.settings == q.settings
+    held, made = loaded.pipe.transformer.get_submodule(layer), q.pipe.transformer.get_submodule(layer)
+    assert held.packed and held.w_codes.dtype == torch.uint8  # held as stored: half a byte per weight
+    assert torch.equal(held.codes(), made.w_codes) and held.in_features == made.in_features
     assert np.array_equal(generate(q, PROMPTS, [3, 4], steps=4), generate(loaded, PROMPTS, [3, 4], steps=4))
+    again = save_pretrained(loaded, folder.parent / "again")  # and written back as it was read
+    assert torch.equal(load_file(str(again / "transformer" / "diffusion_pytorch_model.safetensors"))[
+        f"{layer}.w_codes"], weights[f"{layer}.w_codes"])
+    assert torch.equal(trdq.realize(loaded).pipe.transformer.get_submodule(layer)._codes(0), made.w_codes[0])
     real = from_pretrained(folder, execution="real integer")
     assert real.quant.execution == "real integer"
     assert np.array_equal(generate(realize(q, compact_rotations=True), PROMPTS, [3, 4], steps=4), generate(real, PROMPTS, [3, 4], steps=4))

@@ -71,17 +71,21 @@ class QuantLinear(nn.Module):
                  transforms: list[GroupTransform], a_bits: int, a_symmetric: bool, state: GroupState):
         """Args:
             w_codes: (G, C_out, C_in) int8 symmetric weight codes, one set per time group (for
-                grouped weights: (G, C_out, C_in // group_size, group_size)).
-            w_scale: float64 scales broadcastable against ``w_codes``.
+                grouped weights: (G, C_out, C_in // group_size, group_size)); or, for codes of 4
+                bits or fewer, (G, C_out, C_in // 2) uint8 packed two per byte
+                (:func:`trdq.kernels.pack_int4`), kept packed (a loaded checkpoint's memory stays
+                near its file's) and unpacked by :meth:`codes` where needed.
+            w_scale: float64 scales broadcastable against ``w_codes`` (its unpacked shape).
         """
         super().__init__()
-        self.register_buffer("w_codes", w_codes.to(torch.int8))
+        self.packed = w_codes.dtype == torch.uint8
+        self.register_buffer("w_codes", w_codes if self.packed else w_codes.to(torch.int8))
         self.register_buffer("w_scale", w_scale.double())
         # (G, C_out, C_in) dequantized weights, made at the first forward: converting to the real
         # integer path never needs them, and for a large model they are the biggest tensors here
         self.register_buffer("weights_fq", None, persistent=False)
         self.out_features = w_codes.shape[1]
-        self.in_features = w_codes.shape[2] * (w_codes.shape[3] if w_codes.dim() == 4 else 1)
+        self.in_features = w_codes.shape[2] * (w_codes.shape[3] if w_codes.dim() == 4 else 2 if self.packed else 1)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.transforms = transforms
         self.a_bits, self.a_symmetric = quantizer.check_bits(a_bits, "a_bits"), a_symmetric
@@ -106,12 +110,17 @@ class QuantLinear(nn.Module):
     def num_groups(self) -> int:
         return len(self.transforms)
 
+    def codes(self) -> torch.Tensor:
+        """The int8 weight codes, (G, C_out, C_in) (grouped: (G, C_out, C_in // gs, gs)), unpacked
+        if they are stored packed."""
+        return kernels.unpack_int4(self.w_codes) if self.packed else self.w_codes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C_in) -> (..., C_out)
         g = self.state.group
         if g >= self.num_groups:
             raise RuntimeError(f"time group {g} but this layer was calibrated with {self.num_groups} groups")
         if self.weights_fq is None or self.weights_fq.dtype != x.dtype:
-            fq = self.w_codes.double() * self.w_scale
+            fq = self.codes().double() * self.w_scale
             self.weights_fq = fq.reshape(fq.shape[0], fq.shape[1], -1).to(x.dtype)  # grouped -> (G, C_out, C_in)
         xq = quantizer.fake_quant_per_token(self.transforms[g].activation(x), self.a_bits, self.a_symmetric)
         return F.linear(xq, self.weights_fq[g], self.bias)
@@ -394,14 +403,14 @@ class IntLinear(nn.Module):
             raise ValueError("the real integer path quantizes weights per output channel; "
                              "quantize with w_group_size=None")
         copies, copy_of_group = [], []
-        for g in range(layer.num_groups):
+        for g in range(layer.num_groups):  # (packed codes are equal where the codes are)
             same = next((i for i, h in enumerate(copies) if torch.equal(layer.w_codes[h], layer.w_codes[g])
                          and torch.equal(layer.w_scale[h], layer.w_scale[g])), None)
             if same is None:
                 copies.append(g)
                 same = len(copies) - 1
             copy_of_group.append(same)
-        codes = layer.w_codes[copies]  # (copies, C_out, C_in) int8
+        codes = layer.codes()[copies]  # (copies, C_out, C_in) int8
         store = kernels.pack_int4(codes) if w_bits <= 4 and codes.shape[-1] % 2 == 0 else codes
         return cls(store, layer.w_scale[copies].float(), layer.bias, layer.transforms, copy_of_group, w_bits,
                    layer.a_bits, layer.a_symmetric, layer.state, layer.in_features, transform_dtype, compact_rotations)

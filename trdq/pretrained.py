@@ -137,7 +137,7 @@ def _save_transformer(transformer: nn.Module, info: QuantInfo, folder: Path, dty
         for name, m in t.named_modules():
             if name not in quantized:
                 continue
-            if t.trdq_info.config.w_bits <= 4 and m.w_codes.dim() == 3 and m.in_features % 2 == 0:
+            if t.trdq_info.config.w_bits <= 4 and m.w_codes.dim() == 3 and m.in_features % 2 == 0 and not m.packed:
                 tensors[f"{prefix}{name}.w_codes"] = kernels.pack_int4(m.w_codes)  # half a byte per weight on disk
             for g, gt in enumerate(m.transforms):
                 if gt.delta is not None:
@@ -271,7 +271,7 @@ def _load_transformer(folder: Path, execution: str, dtype: torch.dtype | None, c
         state = GroupState(index)
         for name in layers:  # one layer at a time, its tensors dropped as it is built
             codes, scale, bias, transforms, a_bits, a_symmetric, used = read_layer(
-                (where, data), name, layers[name], view, transformer, bquant, index.num_groups)
+                (where, data), name, layers[name], view, transformer, bquant, index.num_groups, keep_packed=True)
             layer = QuantLinear(codes, scale, bias, transforms, a_bits, a_symmetric, state)
             if execution != EXECUTION:
                 layer = integer_layer(layer, bquant.w_bits, dtype=dtype, compile=compile, gemm=gemm,

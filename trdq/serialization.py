@@ -80,7 +80,7 @@ def save(qmodel: Model, path: str | Path) -> Path:
     for name, m in transformer.named_modules():
         if not isinstance(m, QuantLinear):
             continue
-        tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"] = m.w_codes, m.w_scale
+        tensors[f"{name}.w_codes"], tensors[f"{name}.w_scale"] = m.codes(), m.w_scale
         if m.bias is not None:
             tensors[f"{name}.bias"] = m.bias.detach()
         for g, t in enumerate(m.transforms):
@@ -324,10 +324,11 @@ def _tensor(tensors: dict, where: Path, key: str, dtype: torch.dtype, shape: tup
 
 
 def read_layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, fp: nn.Module, config: QuantConfig,
-           num_groups: int) -> tuple:
+           num_groups: int, keep_packed: bool = False) -> tuple:
     """One layer's QuantLinear arguments, checked against the base's linear layer ``name`` (``files``:
     the JSON and the tensor file, for the messages); the last item lists the tensor keys it used.
-    Codes of 4 bits or fewer may be stored packed two per byte (uint8, half the input width)."""
+    Codes of 4 bits or fewer may be stored packed two per byte (uint8, half the input width); with
+    ``keep_packed`` they are returned so (QuantLinear keeps them packed), else unpacked."""
     where, data = files
     try:
         linear = fp.get_submodule(name)
@@ -344,9 +345,10 @@ def read_layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, f
         raise field_error(where, "config.w_group_size", f"{gs} does not divide {name}'s {c_in} input channels")
     code_shape = (num_groups, c_out, c_in) if gs is None else (num_groups, c_out, c_in // gs, gs)
     stored = tensors.get(f"{name}.w_codes")
+    packed = None
     if stored is not None and stored.dtype == torch.uint8 and config.w_bits <= 4 and gs is None and c_in % 2 == 0:
-        codes = kernels.unpack_int4(_tensor(tensors, data, f"{name}.w_codes", torch.uint8,
-                                            (num_groups, c_out, c_in // 2)))
+        packed = _tensor(tensors, data, f"{name}.w_codes", torch.uint8, (num_groups, c_out, c_in // 2))
+        codes = kernels.unpack_int4(packed)
     else:
         codes = _tensor(tensors, data, f"{name}.w_codes", torch.int8, code_shape)
     q = 2 ** (config.w_bits - 1) - 1
@@ -368,6 +370,7 @@ def read_layer(files: tuple[Path, Path], name: str, meta: dict, tensors: dict, f
             used.append(f"{name}.{g}.delta")
         rotation = _rotation(files, f"{name}.{g}", entry, tensors, c_in, used)
         transforms.append(GroupTransform(delta=delta, alpha=alpha, rotation=rotation))
+    codes = packed if keep_packed and packed is not None else codes
     return codes, scale, bias, transforms, meta["a_bits"], meta["a_symmetric"], used
 
 
