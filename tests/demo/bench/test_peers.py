@@ -44,6 +44,11 @@ def test_peer_names_parse_and_wrong_ones_say_what_is_accepted(capsys, monkeypatc
     assert not torchao.needs_fit and not quanto.needs_fit  # they quantize by themselves
     assert compiled == bench.Backend("bf16-compiled", "bfloat16", compiled=True)
     assert bench.parse_backends(["fp32-compiled"])[0].dtype == "float32"
+    whole = bench.parse_backends(["trdq-w8a8-real-qk8-compiled"], ["per-group", "jit"])
+    assert [b.name for b in whole] == ["trdq-w8a8-real-per-group-qk8-compiled", "trdq-w8a8-real-jit-qk8-compiled"]
+    assert all(b.compiled and b.attention_bits == 8 and b.execution == "real integer" for b in whole)
+    with pytest.raises(ValueError, match="unknown backend 'trdq-w8a8-sim-compiled'"):
+        bench.parse_backends(["trdq-w8a8-sim-compiled"])
     for name in ("torchao-w4a8", "quanto-w8a8-shared", "quanto"):
         with pytest.raises(ValueError, match=f"unknown backend '{name}': the peers are torchao-w8a8 and quanto-w8a8"):
             bench.parse_backends([name])
@@ -141,3 +146,21 @@ def test_quanto_calibrates_a_pipeline_on_prompts(monkeypatch):
     layers = [m for m in built.transformer.modules() if isinstance(m, QLinear)]
     assert len(layers) == built.quantized_layers > 0 and built.model.pipe.transformer is built.transformer
     assert all(m.input_scale.item() != 1 for m in layers)
+
+
+@pytest.mark.slow
+def test_trdqs_real_model_compiles_whole_and_computes_what_it_computes_eagerly(tmp_path):
+    spec = _spec(compile=True, real_dtype="float32", overrides={**TINY, "num_layers": 1})
+    eager, whole = bench.parse_backends(["trdq-w8a8-real-per-group", "trdq-w8a8-real-per-group-compiled"])
+    out = bench.run(spec, [eager, whole], isolate=False)
+    eager_r, whole_r = out["results"]
+    assert whole_r["status"] == "ok" and whole_r["compiled"] and whole_r["compile_s"] > 0
+    assert whole_r["profile"]["attention_ms"] > 0
+    fitted = bench.fit(spec, "w8a8", tmp_path / "fit")
+    y = []
+    for backend in (eager, whole):
+        b = bench.build(spec, backend, fitted)
+        inputs = bench.step_inputs(b.transformer, b.latent, b.text_tokens, spec.batch, mid_timestep(b), spec.seed)
+        with torch.inference_mode():
+            y.append(b.transformer(**inputs).sample.float())
+    assert ((y[1] - y[0]).norm() / y[0].norm()).item() < 1e-4  # the same integer model, fused float parts

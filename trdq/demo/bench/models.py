@@ -228,7 +228,7 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
     """
     import trdq
 
-    if backend.library or backend.compiled:
+    if backend.library or (backend.compiled and backend.execution == FULL_PRECISION):
         from trdq.demo.bench.peers import build_peer  # peers builds on this module
 
         return build_peer(spec, backend)
@@ -251,4 +251,9 @@ def build(spec: BenchSpec, backend: Backend, fitted: Fitted | None = None) -> Bu
         quantize_attention(transformer, AttentionQuant(backend.attention_bits, real=backend.execution == REAL))
     built = dataclasses.replace(built, model=q, transformer=transformer,
                                 compiled=spec.compile and backend.execution == REAL)
-    return to_device(built, spec.device)
+    built = to_device(built, spec.device)
+    if backend.compiled:  # the whole real model, after moving it: what the full-precision -compiled rows do
+        from trdq.demo.bench.peers import compile_whole
+
+        built = compile_whole(spec, built)
+    return built

@@ -96,7 +96,7 @@ def _quantized(spec: BenchSpec, backend: Backend) -> Built:
     return to_device(built, spec.device)
 
 
-def _compiled(spec: BenchSpec, built: Built) -> Built:
+def compile_whole(spec: BenchSpec, built: Built) -> Built:
     """``built`` with its transformer compiled in place (so a pipeline runs it compiled too), after
     one step at the timed shape: the compilation, timed as ``compile_s``."""
     built.transformer.compile()
@@ -119,11 +119,11 @@ def build_peer(spec: BenchSpec, backend: Backend) -> Built:
         library_version(backend.library)  # before building anything
     built = _quantized(spec, backend)
     if not backend.library:
-        return _compiled(spec, built) if backend.compiled else built
+        return compile_whole(spec, built) if backend.compiled else built
     if not spec.compile:
         return built
     try:
-        return _compiled(spec, built)
+        return compile_whole(spec, built)
     except Exception as err:  # compilers fail in many ways; the eager model is still a fair peer
         why = f"torch.compile failed ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}); ran eager"
     log.warning("%s: %s", backend.name, why)

@@ -61,7 +61,9 @@ class Backend:
         library: the distribution that quantizes a peer (``torchao``, ``optimum-quanto``; its
             float parts run in ``BenchSpec.real_dtype`` like trdq's real backends); None for
             trdq's own backends and plain torch.
-        compiled: a full-precision backend whose whole transformer runs under ``torch.compile``.
+        compiled: a backend whose whole transformer runs under ``torch.compile``: a full-precision
+            one (``fp32-compiled``), or trdq's real integer model (``trdq-w8a8-real-compiled``: the
+            attention, norms and activations left in floating point fused too).
         attention_bits: a trdq backend whose attention scores are quantized too (name suffix
             ``-qk8``; :mod:`trdq.attention`); None: attention in floating point.
     """
@@ -92,7 +94,8 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
     """
     compiled = [f"{fp}{COMPILED_SUFFIX}" for fp in FULL_PRECISION_DTYPES]
     hint = (f"use {', '.join([*FULL_PRECISION_DTYPES, *compiled, *PEER_LIBRARIES])}, trdq-wXaY-sim[-qkB], "
-            f"trdq-wXaY-real[-per-group|-shared|-jit][-qkB] (-qkB: attention scores at B bits, e.g. -qk8), "
+            f"trdq-wXaY-real[-per-group|-shared|-jit][-qkB][-compiled] (-qkB: attention scores at B bits, e.g. "
+            f"-qk8; -compiled: the whole real model under torch.compile), "
             f"e.g. {','.join(DEFAULT_BACKENDS)}")
     bad = [d for d in deployments if d not in DEPLOYMENTS]
     if bad or not deployments:
@@ -100,7 +103,8 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
                          f"choose from {', '.join(DEPLOYMENTS)}")
     out: list[Backend] = []
     for name in names:
-        m = re.fullmatch(rf"trdq-(w\d+a\d+)-(sim|real)(?:-({'|'.join(DEPLOYMENTS)}))?(?:-qk(\d+))?", name)
+        m = re.fullmatch(rf"trdq-(w\d+a\d+)-(sim|real)(?:-({'|'.join(DEPLOYMENTS)}))?(?:-qk(\d+))?({COMPILED_SUFFIX})?",
+                         name)
         fp = name.removesuffix(COMPILED_SUFFIX)
         if fp in FULL_PRECISION_DTYPES:
             out.append(Backend(name, FULL_PRECISION_DTYPES[fp], compiled=fp != name))
@@ -109,7 +113,7 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
         elif re.fullmatch(r"(torchao|quanto)(-.*)?", name):
             raise ValueError(f"unknown backend {name!r}: the peers are {' and '.join(PEER_LIBRARIES)} "
                              "(W8A8 only, their float parts in --real-dtype)")
-        elif m is None or (m.group(2) == "sim" and m.group(3)):
+        elif m is None or (m.group(2) == "sim" and (m.group(3) or m.group(5))):
             raise ValueError(f"unknown backend {name!r}; {hint}")
         else:
             qk = None if m.group(4) is None else check_bits(int(m.group(4)), f"{name}: attention bits (-qkB)")
@@ -117,9 +121,10 @@ def parse_backends(names: Sequence[str], deployments: Sequence[str] = ("per-grou
                 out.append(Backend(name, bits=_bits(m.group(1)), execution=SIMULATED, attention_bits=qk))
                 continue
             ds = [m.group(3)] if m.group(3) else list(deployments)
-            stem, qk_suffix = (name, "") if qk is None else name.rsplit("-", 1)
-            out += [Backend(f"{stem}-{d}{'-' + qk_suffix if qk_suffix else ''}" if len(ds) > 1 else name,
-                            bits=_bits(m.group(1)), execution=REAL, deployment=d, attention_bits=qk) for d in ds]
+            stem = f"trdq-{m.group(1)}-real"
+            tail = ("" if qk is None else f"-qk{m.group(4)}") + (m.group(5) or "")
+            out += [Backend(f"{stem}-{d}{tail}" if len(ds) > 1 else name, bits=_bits(m.group(1)), execution=REAL,
+                            deployment=d, attention_bits=qk, compiled=bool(m.group(5))) for d in ds]
     if not out:
         raise ValueError(f"no backends given; {hint}")
     return list({b.name: b for b in out}.values())
