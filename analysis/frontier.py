@@ -65,6 +65,15 @@ def lowest_kept(records: Sequence[dict], tolerance: float = ADHERENCE_TOLERANCE)
     return kept
 
 
+def _kept_label(row: pd.Series, last: str | None) -> str:
+    """:func:`lowest_kept`'s answer for one method, saying where the walk stopped at a rung not
+    evaluated yet (``·``: not even W8A8; "W4A4 so far": the rung below W4A4 is still to come)."""
+    following = LADDER.index(last) + 1 if last else 0
+    if following < len(LADDER) and pd.isna(row[LADDER[following]]):
+        return "·" if last is None else f"{last.upper()} so far"
+    return (last or "none").upper()
+
+
 def _cells(table: pd.DataFrame, fmt: str, higher_better: bool) -> pd.DataFrame:
     """Formatted values, the best of each column in bold, ``·`` where nothing was measured."""
     best = table.max() if higher_better else table.min()
@@ -97,8 +106,8 @@ def markdown(records: Sequence[dict], tolerance: float = ADHERENCE_TOLERANCE,
         table = _cells(frontier(records, metric), fmt, higher)
         table.columns = [b.upper() for b in table.columns]
         if metric == "adherence":
-            table[f"kept within {tolerance} of FP down to"] = [
-                (kept[m] or "none").upper() for m in table.index]
+            rungs = frontier(records, "adherence")
+            table[f"kept within {tolerance} of FP down to"] = [_kept_label(rungs.loc[m], kept[m]) for m in table.index]
         table.insert(0, "method", table.index)
         header = f"**{title}**"
         lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]

@@ -368,12 +368,14 @@ TABLES = {
     "sharing-video": (RESULTS / "shapes-t2v-sharing.json", sharing_table),
     "frontier-image": (RESULTS / "shapes-t2i-frontier.json", frontier_table),
     "frontier-adherence": (RESULTS / "shapes-t2i-frontier.json", frontier_adherence_table),
+    "frontier-video": (RESULTS / "shapes-t2v-frontier.json", frontier_table),
     "attention-image": (RESULTS / "shapes-t2i-attention.json", attention_table),
     "attention-video": (RESULTS / "shapes-t2v-attention.json", attention_table),
 }
 #: Figure file -> (the JSON it is drawn from, the function that draws it from the records).
 FIGURES = {
     RESULTS / "shapes-t2i-frontier.png": (RESULTS / "shapes-t2i-frontier.json", frontier.plot),
+    RESULTS / "shapes-t2v-frontier.png": (RESULTS / "shapes-t2v-frontier.json", frontier.plot),
 }
 
 

@@ -46,7 +46,10 @@ def test_markdown_bolds_the_best_per_rung_and_needs_fp(tmp_path):
     path.write_text(json.dumps(recs))
     text = frontier_table(path)
     row = next(line for line in text.splitlines() if line.startswith("| trdq") and "**0.950**" in line)
-    assert "| · |" in row  # W8A8 was not evaluated
+    assert "| · |" in row and row.endswith("| · |")  # W8A8 was not evaluated: nothing kept yet, not "none"
+    partial = frontier.markdown(_records({("trdq", "w8a8"): 0.99, ("trdq", "w4a8"): 0.98, ("rtn", "w8a8"): 0.5}))
+    assert "| trdq | **0.990** | **0.980** | · | · | · | · | · | W4A8 so far |" in partial
+    assert "| rtn | 0.500 | · | · | · | · | · | · | NONE |" in partial  # failed at W8A8, whatever is missing
     assert "| rtn | · |" in text and "**28.50**" in text and "**42.1**" in text  # shapes_fd: lower is best
     with pytest.raises(ValueError, match="FP"):
         frontier.markdown(recs[1:])
