@@ -202,3 +202,26 @@ def test_a_compiled_jit_layer_rebuilds_the_eager_codes(w_bits, dtype):
         assert torch.equal(eager._stored(group)[0], compiled._stored(group)[0])
         assert torch.equal(eager._stored(group)[1], compiled._stored(group)[1])
         assert torch.equal(eager._stored(group)[2], compiled._stored(group)[2])
+
+
+@pytest.mark.slow
+def test_fused_fake_quantization_gives_the_eager_values_bit_for_bit(tiny_pixart):
+    """What `python -m trdq eval` runs (one compiled loop) against the eager default, on a whole
+    quantized model, asymmetric and symmetric activations, 8 and 3 bits, and the alpha_g search."""
+    import trdq
+    from trdq.config import QuantConfig, TimeGroups
+    from trdq.models.adapters import adapter_for
+
+    for config in (QuantConfig(method="trdq", a_bits=8, time_groups=TimeGroups(2), block_size=32),
+                   QuantConfig(method="trdq", w_bits=4, a_bits=3, a_symmetric=True, block_size=32)):
+        eager = trdq.quantize(tiny_pixart, config, ["a red circle"], steps=2)
+        with layers.fused_fake_quant():
+            fused = trdq.quantize(tiny_pixart, config, ["a red circle"], steps=2)
+            t = fused.pipe.transformer
+            inputs = adapter_for(t).example_inputs(t, 2, 300.0, torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                out_fused = t(**inputs).sample
+        assert layers._fused_fake_quant is None  # the context restores the eager default
+        with torch.no_grad():
+            out_eager = eager.pipe.transformer(**inputs).sample
+        assert torch.equal(out_fused, out_eager)  # the same search choices and the same activations

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attention-bits", default="off",
                     help="quantize the attention scores QK^T too: 8, any width 2..8, or 'off' (default); a comma "
                          "list (e.g. off,8) evaluates each")
+    ev.add_argument("--eager-fake-quant", action="store_true",
+                    help="fake-quantize activations eagerly (default: one fused loop under torch.compile, the "
+                         "same values bit for bit and about 3x faster on a CPU, after a few seconds compiling)")
     ev.add_argument("--device", default="auto", choices=("auto", "cpu"),
                     help="auto: each process on its own GPU (LOCAL_RANK) when there are GPUs, else the CPU; "
                          "cpu: the CPU always")
@@ -383,6 +386,13 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from trdq.layers import fused_fake_quant
+
+    with fused_fake_quant(not args.eager_fake_quant):
+        _evaluate(args)
+
+
+def _evaluate(args) -> None:
     from trdq.attention import ShareRule
     from trdq.demo.eval.runner import (
         check_writable,

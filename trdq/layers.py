@@ -12,6 +12,7 @@ the numerics are the method's, the speed and memory are not (see the real intege
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -25,6 +26,34 @@ from trdq.timegroups import GroupState
 
 EXECUTION = "simulated"
 ONLINE_TRANSFORM = "trdq::online_transform"  # profiler label of the real path's activation transforms
+_fused_fake_quant = None  # quantizer.fake_quant_per_token compiled, inside fused_fake_quant()
+
+
+@functools.cache
+def _compiled_fake_quant():
+    return torch.compile(quantizer.fake_quant_per_token, dynamic=True)
+
+
+@contextlib.contextmanager
+def fused_fake_quant(enabled: bool = True):
+    """Within this context, run the simulated layers' per-token activation fake quantization (and
+    the alpha_g search's) as one fused loop under ``torch.compile`` (else eagerly, the default).
+    The values are the same bit for bit (min/max, one division, round half to even, clamp and one
+    product per element, in the same order; a test compares them); on a 2-core CPU the fused loop
+    is about 3x faster, after a compilation of a few seconds per bit width. ``python -m trdq eval``
+    runs in it; interactive use keeps the eager default, which answers at once."""
+    global _fused_fake_quant
+    before = _fused_fake_quant
+    _fused_fake_quant = _compiled_fake_quant() if enabled else None
+    try:
+        yield
+    finally:
+        _fused_fake_quant = before
+
+
+def fake_quant_activations(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """:func:`trdq.quantizer.fake_quant_per_token`, fused within :func:`fused_fake_quant`."""
+    return (_fused_fake_quant or quantizer.fake_quant_per_token)(x, bits, symmetric)
 
 
 @dataclass(frozen=True)
@@ -122,7 +151,7 @@ class QuantLinear(nn.Module):
         if self.weights_fq is None or self.weights_fq.dtype != x.dtype:
             fq = self.codes().double() * self.w_scale
             self.weights_fq = fq.reshape(fq.shape[0], fq.shape[1], -1).to(x.dtype)  # grouped -> (G, C_out, C_in)
-        xq = quantizer.fake_quant_per_token(self.transforms[g].activation(x), self.a_bits, self.a_symmetric)
+        xq = fake_quant_activations(self.transforms[g].activation(x), self.a_bits, self.a_symmetric)
         return F.linear(xq, self.weights_fq[g], self.bias)
 
     def extra_repr(self) -> str:

@@ -15,7 +15,7 @@ from trdq import quantizer
 from trdq import rotation as rot
 from trdq.calibrate import InputObserver
 from trdq.config import QuantConfig
-from trdq.layers import GroupTransform
+from trdq.layers import GroupTransform, fake_quant_activations
 from trdq.smoothing import smoothing_factors
 
 DEFAULT_FIXED_ALPHA = 0.5
@@ -92,7 +92,7 @@ def fit_rotations(kind: str, samples: list[torch.Tensor], absmaxes: list[torch.T
 
 def _error(t: GroupTransform, x: torch.Tensor, w: torch.Tensor, ref: torch.Tensor, config: QuantConfig) -> float:
     """MSE of the quantized layer output against ``ref = x w^T``; float32 is plenty for ranking."""
-    xq = quantizer.fake_quant_per_token(t.activation(x.float()), config.a_bits, config.a_symmetric)
+    xq = fake_quant_activations(t.activation(x.float()), config.a_bits, config.a_symmetric)
     wq = quantizer.fake_quant_weight(t.weight(w), config.w_bits, True, config.w_group_size).float()
     return float((xq @ wq.T - ref).pow(2).mean())
 
