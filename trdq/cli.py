@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "list (e.g. off,8) evaluates each")
     ev.add_argument("--eager-fake-quant", action="store_true",
                     help="fake-quantize activations eagerly (default: one fused loop under torch.compile, the "
-                         "same values bit for bit and about 3x faster on a CPU, after a few seconds compiling)")
+                         "same values bit for bit and faster, after a few seconds compiling)")
     ev.add_argument("--device", default="auto", choices=("auto", "cpu"),
                     help="auto: each process on its own GPU (LOCAL_RANK) when there are GPUs, else the CPU; "
                          "cpu: the CPU always")

@@ -39,8 +39,8 @@ def fused_fake_quant(enabled: bool = True):
     """Within this context, run the simulated layers' per-token activation fake quantization (and
     the alpha_g search's) as one fused loop under ``torch.compile`` (else eagerly, the default).
     The values are the same bit for bit (min/max, one division, round half to even, clamp and one
-    product per element, in the same order; a test compares them); on a 2-core CPU the fused loop
-    is about 3x faster, after a compilation of a few seconds per bit width. ``python -m trdq eval``
+    product per element, in the same order; a test compares them), in fewer passes over memory,
+    after a compilation of a few seconds per bit width. ``python -m trdq eval``
     runs in it; interactive use keeps the eager default, which answers at once."""
     global _fused_fake_quant
     before = _fused_fake_quant
