@@ -298,3 +298,16 @@ def test_eval_with_attention_bits_records_each_setting_apart(tmp_path, caplog):
     for bad, message in (("int8", "'off' or a width"), ("9", "2..8")):
         assert main(["eval", "--methods", "trdq", "--attention-bits", bad, "--json", str(tmp_path / "x.json")]) == 2
         assert message in caplog.text and not (tmp_path / "x.json").exists()
+
+
+def test_eval_fuses_its_fake_quantization_only_where_the_compilation_pays_off(tmp_path, monkeypatch):
+    import contextlib
+
+    from trdq import layers
+
+    seen = []
+    monkeypatch.setattr(layers, "fused_fake_quant", lambda enabled: seen.append(enabled) or contextlib.nullcontext())
+    argv = ["eval", "--methods", "fp", "--steps", "1", "--json", str(tmp_path / "r.json")]
+    assert main([*argv, "--num-prompts", "2"]) == 0  # auto: 2 prompts, eager
+    assert main([*argv, "--num-prompts", "2", "--fake-quant", "fused"]) == 0
+    assert seen == [False, True]

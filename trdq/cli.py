@@ -19,6 +19,9 @@ from trdq.interrupts import terminate_as_interrupt
 from trdq.quantizer import check_bits
 
 log = logging.getLogger("trdq")
+# eval fuses its activation fake quantization (trdq.layers.fused_fake_quant) from this many prompts
+# on: below, the few seconds of compiling outweigh what the fused loop saves
+FUSE_FROM_PROMPTS = 32
 
 
 def _integer(low: int, high: int | None = None):
@@ -119,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attention-bits", default="off",
                     help="quantize the attention scores QK^T too: 8, any width 2..8, or 'off' (default); a comma "
                          "list (e.g. off,8) evaluates each")
-    ev.add_argument("--eager-fake-quant", action="store_true",
-                    help="fake-quantize activations eagerly (default: one fused loop under torch.compile, the "
-                         "same values bit for bit and faster, after a few seconds compiling)")
+    ev.add_argument("--fake-quant", default="auto", choices=("auto", "fused", "eager"),
+                    help="activation fake quantization: fused (one loop under torch.compile, the same values bit "
+                         "for bit, faster after a few seconds compiling), eager, or auto (fused from "
+                         f"{FUSE_FROM_PROMPTS} prompts on, where the compilation pays off)")
     ev.add_argument("--device", default="auto", choices=("auto", "cpu"),
                     help="auto: each process on its own GPU (LOCAL_RANK) when there are GPUs, else the CPU; "
                          "cpu: the CPU always")
@@ -386,13 +390,6 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from trdq.layers import fused_fake_quant
-
-    with fused_fake_quant(not args.eager_fake_quant):
-        _evaluate(args)
-
-
-def _evaluate(args) -> None:
     from trdq.attention import ShareRule
     from trdq.demo.eval.runner import (
         check_writable,
@@ -405,6 +402,7 @@ def _evaluate(args) -> None:
     )
     from trdq.demo.eval.shards import Shards
     from trdq.demo.worlds import world
+    from trdq.layers import fused_fake_quant
 
     shards = Shards.from_environment()  # several processes under accelerate launch / torchrun
     if not shards.main:  # one process reports and writes; the others sample their share
@@ -446,10 +444,12 @@ def _evaluate(args) -> None:
         bar = bars.setdefault(label, tqdm(total=total, desc=label, unit="img"))
         bar.update(done - bar.n)
 
-    records = evaluate(model, scenes, configs, include_fp=include_fp, seed=args.seed, steps=args.steps,
-                       guidance=args.guidance, calibration_prompts=calibration, batch_size=args.batch_size,
-                       sharing=sharing, eps_sqnr=not args.no_eps_sqnr,
-                       progress=progress if shards.main else None, on_records=save, shards=shards)
+    fuse = args.fake_quant == "fused" or (args.fake_quant == "auto" and len(scenes) >= FUSE_FROM_PROMPTS)
+    with fused_fake_quant(fuse):
+        records = evaluate(model, scenes, configs, include_fp=include_fp, seed=args.seed, steps=args.steps,
+                           guidance=args.guidance, calibration_prompts=calibration, batch_size=args.batch_size,
+                           sharing=sharing, eps_sqnr=not args.no_eps_sqnr,
+                           progress=progress if shards.main else None, on_records=save, shards=shards)
     for bar in bars.values():
         bar.close()
     for r in records:
