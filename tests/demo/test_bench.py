@@ -319,6 +319,7 @@ def test_a_pipeline_chooses_shared_layers_from_its_prompts():
     assert "transformer_blocks.0.attn1" in r["sharing"]["layers"]  # text-free first block: maps identical
 
 
+@pytest.mark.slow  # compiles each case's layer: about 17 s alone
 def test_layer_timing_times_every_case_of_every_shape(monkeypatch, tmp_path):
     from trdq.demo.bench import layer_timing
 
