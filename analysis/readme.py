@@ -355,6 +355,7 @@ TABLES = {
     "bench-avx2": (RESULTS / "bench-pixart-xl-random-512-avx2.json", bench_table),
     "bench-avx2-hadamard": (RESULTS / "bench-pixart-xl-random-512-avx2-hadamard.json", bench_table),
     "bench-avx2-jit": (RESULTS / "bench-pixart-xl-random-512-avx2-jit.json", bench_table),
+    "bench-avx2-compiled": (RESULTS / "bench-pixart-xl-random-512-avx2-compiled.json", bench_table),
     "layer-timing-cuda": (RESULTS / "layer-timing-cuda.json", layer_timing_table),
     "memory": (RESULTS / "memory-pixart-xl-random-512.json", memory_table),
     "memory-1group": (RESULTS / "memory-pixart-xl-random-512-1group.json", memory_table),
