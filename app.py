@@ -169,23 +169,23 @@ def quantized_model(name: str, config: trdq.QuantConfig) -> trdq.LoadedModel:
 
 def executed_model(name: str, config: trdq.QuantConfig, execution: str) -> trdq.LoadedModel:
     """The quantized model of ``config`` run as ``execution`` (a key of :data:`EXECUTIONS`)."""
-    deployment = EXECUTIONS[execution]
-    simulated = quantized_model(name, config)
-    if deployment is None:
-        return simulated
-    return MODEL_CACHE.get((deployment, name, config),
-                           lambda: trdq.realize(simulated, deployment, base=fp_model(name)))
+    return _run_as(execution, quantized_model(name, config), name, (name, config))
 
 
 def checkpoint_model(name: str, folder: str, execution: str) -> trdq.LoadedModel:
     """A quantized folder the user added, loaded without its FP weights and run as ``execution``
     (the real deployments that rebuild codes take the FP weights of ``name``, its base)."""
-    deployment = EXECUTIONS[execution]
     simulated = MODEL_CACHE.get(("checkpoint", folder), lambda: trdq.from_pretrained(folder))
+    return _run_as(execution, simulated, name, ("checkpoint", folder))
+
+
+def _run_as(execution: str, simulated: trdq.LoadedModel, name: str, key: tuple) -> trdq.LoadedModel:
+    """``simulated``, or its real integer deployment of ``execution`` (cached under ``key``; the FP
+    model ``name`` gives the weights the shared and jit deployments rebuild codes from)."""
+    deployment = EXECUTIONS[execution]
     if deployment is None:
         return simulated
-    return MODEL_CACHE.get(("checkpoint", folder, deployment),
-                           lambda: trdq.realize(simulated, deployment, base=fp_model(name)))
+    return MODEL_CACHE.get((deployment, *key), lambda: trdq.realize(simulated, deployment, base=fp_model(name)))
 
 
 @functools.lru_cache(maxsize=2)
