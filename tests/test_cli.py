@@ -35,13 +35,21 @@ def test_eval_resumes_from_its_json_and_saves_each_model(tmp_path, caplog, monke
 
     import trdq.demo.eval.runner as runner
 
-    calls = []
-    real = runner.convert
+    calls, sampled = [], []
+    real, real_generate = runner.convert, runner.generate
     monkeypatch.setattr(runner, "convert", lambda p, c, *a, **k: calls.append(c.bits) or real(p, c, *a, **k))
-    assert main([*common, "--resume", "--methods", "fp,rtn", "--bits", "w8a8,w4a4"]) == 0
+    monkeypatch.setattr(runner, "generate", lambda m, *a, **k: sampled.append(m.quant) or real_generate(m, *a, **k))
+    cache = ["--reference-cache", str(tmp_path / "cache")]
+    assert main([*common, *cache, "--resume", "--methods", "fp,rtn", "--bits", "w8a8,w4a4"]) == 0
     records = json.loads(out.read_text())
     assert calls == ["w4a4"]  # FP and RTN W8A8 were kept, not re-run
+    assert sampled[0] is None and len(sampled) == 2  # FP sampled for PSNR once, then kept in the cache
+    assert main([*common, *cache, "--resume", "--methods", "fp,rtn", "--bits", "w4a8"]) == 0
+    assert calls == ["w4a4", "w4a8"] and len(sampled) == 3  # the next stage reads FP from the cache
     assert records[:2] == first and [r["bits"] for r in records] == ["fp32", "w8a8", "w4a4"]
+    staged = json.loads(out.read_text())
+    assert staged[:3] == records and staged[3]["bits"] == "w4a8"
+    records = staged
 
     caplog.clear()
     assert main(["eval", "--num-prompts", "3", "--steps", "2", "--resume", "--json", str(out)]) == 2

@@ -22,6 +22,7 @@ log = logging.getLogger("trdq")
 # eval fuses its activation fake quantization (trdq.layers.fused_fake_quant) from this many prompts
 # on: below, the few seconds of compiling outweigh what the fused loop saves
 FUSE_FROM_PROMPTS = 32
+REFERENCE_CACHE = Path("runs/eval-cache")  # eval --resume keeps the FP outputs here
 
 
 def _integer(low: int, high: int | None = None):
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the records already in --json (same model, prompts, seed, steps and guidance) "
                          "and evaluate only the models it lacks; records are saved after every model either way")
     ev.add_argument("--json", type=Path, required=True, help="where to write the records")
+    ev.add_argument("--reference-cache", type=Path, default=None,
+                    help="folder that keeps the FP outputs between runs, so that a staged or resumed run samples "
+                         f"them once (default with --resume: {REFERENCE_CACHE})")
 
     be = sub.add_parser("bench", help="latency, weight bytes and peak memory of each backend, "
                                       "each in its own process")
@@ -449,7 +453,8 @@ def cmd_eval(args) -> None:
         records = evaluate(model, scenes, configs, include_fp=include_fp, seed=args.seed, steps=args.steps,
                            guidance=args.guidance, calibration_prompts=calibration, batch_size=args.batch_size,
                            sharing=sharing, eps_sqnr=not args.no_eps_sqnr,
-                           progress=progress if shards.main else None, on_records=save, shards=shards)
+                           progress=progress if shards.main else None, on_records=save, shards=shards,
+                           reference_cache=args.reference_cache or (REFERENCE_CACHE if args.resume else None))
     for bar in bars.values():
         bar.close()
     for r in records:

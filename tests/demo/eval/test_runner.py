@@ -78,3 +78,39 @@ def test_models_with_the_same_time_groups_share_one_calibration(tiny_pixart, mon
     alone = evaluate(tiny_pixart, scenes, configs[1:2], **run)[0]  # rtn with a calibration of its own
     assert alone["calib_reused"] is False
     assert alone["psnr_vs_fp"] == shared[1]["psnr_vs_fp"] and alone["adherence"] == shared[1]["adherence"]
+
+
+def test_fp_outputs_are_kept_between_runs_for_the_same_model_prompts_and_seeds(tiny_pixart, tmp_path, monkeypatch):
+    import torch
+
+    from trdq.demo.eval import runner
+
+    def same(a: dict, b: dict) -> bool:
+        a, b = dict(a), dict(b)
+        return a.pop("shapes_fd") == pytest.approx(b.pop("shapes_fd"), rel=1e-6) and a == b
+
+    scenes = shapes.sample_scenes(2, seed=4)
+    sampled = []
+    real = runner.generate
+    monkeypatch.setattr(runner, "generate", lambda m, p, s, **k: sampled.append(list(s)) or real(m, p, s, **k))
+    run = dict(steps=2, reference_cache=tmp_path)
+    first = evaluate(tiny_pixart, scenes, **run)
+    (kept,) = tmp_path.glob("reference-*.npz")
+    again = evaluate(tiny_pixart, scenes, **run)
+    # read back with its seconds, not sampled again (shapes_fd, from 2 samples, varies in its 8th digit)
+    assert sampled == [[0, 1]] and same(again[0], first[0])
+    evaluate(tiny_pixart, scenes, seed=5, **run)  # other seeds: other outputs, another file
+    assert sampled[-1] == [5, 6] and len(list(tmp_path.glob("reference-*.npz"))) == 2
+    kept.write_bytes(b"not an npz")  # damaged: sampled afresh and replaced
+    (fresh,) = evaluate(tiny_pixart, scenes, **run)
+    assert sampled[-1] == [0, 1] and len(sampled) == 3
+    assert same({**fresh, "seconds": 0}, {**first[0], "seconds": 0})
+    assert evaluate(tiny_pixart, scenes, **run)[0]["seconds"] == fresh["seconds"] and len(sampled) == 3
+    transformer = tiny_pixart.pipe.transformer
+    with torch.no_grad():  # other weights: sampled afresh
+        transformer.proj_out.bias.add_(1.0)
+        try:
+            evaluate(tiny_pixart, scenes, **run)
+        finally:
+            transformer.proj_out.bias.sub_(1.0)
+    assert len(sampled) == 4 and len(list(tmp_path.glob("reference-*.npz"))) == 3

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from trdq.api import Prepared, calibrate_groups, convert, quantize
 from trdq.attention import ShareRule, measure_similarity, select_layers, share_attention
@@ -22,6 +25,7 @@ from trdq.demo.eval.metrics import adherence, frechet_distance, psnr, ssim
 from trdq.demo.eval.shards import Shards
 from trdq.demo.eval.trajectory import add_powers, eps_power_per_step, sqnr_db
 from trdq.demo.worlds import world
+from trdq.fingerprint import fingerprint
 from trdq.layers import EXECUTION
 from trdq.methods import DEFAULT_FIXED_ALPHA, num_groups, recipe_for
 from trdq.models.loader import LoadedModel
@@ -89,7 +93,8 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
              calibration_prompts: Sequence[str] = (), batch_size: int = 16,
              sharing: Sequence[ShareRule] = (), eps_sqnr: bool = True,
              progress: Callable[[str, int, int], None] | None = None,
-             on_records: Callable[[list[dict]], None] | None = None, shards: Shards = Shards()) -> list[dict]:
+             on_records: Callable[[list[dict]], None] | None = None, shards: Shards = Shards(),
+             reference_cache: str | Path | None = None) -> list[dict]:
     """Evaluate the FP model and one quantized model per config on ``scenes`` (of the model's world:
     :class:`~trdq.demo.shapes.Scene` for images, :class:`~trdq.demo.motion.MovingScene` for clips).
 
@@ -119,6 +124,8 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         With ``shards`` of several processes, each samples its share of the batches and every
         process scores all outputs (:mod:`trdq.demo.eval.shards`): the records equal a one-process
         run's; ``seconds`` is the slowest process's.
+        With ``reference_cache`` (a folder), the FP outputs are kept there between runs
+        (:func:`reference_outputs`): a resumed or staged run samples them once.
     """
     world(model.settings.world)
     info = getattr(model, "quant", None)
@@ -148,7 +155,12 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
         images = np.concatenate(shards.gather_batches(outputs))
         return images, max(shards.gather(round(time.perf_counter() - t0, 2)))
 
-    fp_images, fp_seconds = sample("fp" if info is None else f"{info.config.method} {info.config.bits}", model)
+    label = "fp" if info is None else f"{info.config.method} {info.config.bits}"
+    if reference_cache is None or info is not None:
+        fp_images, fp_seconds = sample(label, model)
+    else:
+        fp_images, fp_seconds = reference_outputs(reference_cache, model, prompts, seeds, steps, guidance,
+                                                  lambda: sample(label, model), write=shards.main)
     plans = []
     if sharing:
         measured = measure_similarity(model, calibration_prompts, steps=steps, guidance=guidance, seed=10**5)
@@ -214,6 +226,45 @@ def evaluate(model: LoadedModel, scenes: list, configs: Sequence[QuantConfig] = 
               *shared_records(label, qmodel, {**base, **describe(config), "calib_seconds": calib_seconds,
                                               "calib_reused": reused})])
     return records
+
+
+def reference_outputs(folder: str | Path, model: LoadedModel, prompts: Sequence[str], seeds: Sequence[int],
+                      steps: int, guidance: float, sample: Callable[[], tuple[np.ndarray, float]],
+                      write: bool = True) -> tuple[np.ndarray, float]:
+    """The FP model's outputs and the seconds they took, from ``folder`` if an earlier run kept
+    them, else from ``sample()`` (then kept, if ``write``).
+
+    The file is named by a hash of everything the outputs depend on: the pipeline's weights
+    (:func:`trdq.fingerprint.fingerprint` of each component), its scheduler's settings, prompts, seeds, steps, guidance, torch's version and
+    the CPU class kernels were picked for; another machine class samples afresh.
+    """
+    parts = {name: fingerprint(m) for name, m in model.pipe.components.items() if isinstance(m, torch.nn.Module)}
+    key = {"model": model.name, "weights": parts, "scheduler": dict(model.pipe.scheduler.config),
+           "prompts": list(prompts), "seeds": list(seeds), "steps": steps, "guidance": guidance,
+           "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
+           "device": str(model.pipe.transformer.device)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    name = re.sub(r"[^\w.-]+", "_", model.name)[-40:]  # a hub id or a path names a model too
+    path = Path(folder) / f"reference-{name}-{digest}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as kept:
+                return kept["outputs"], float(kept["seconds"])
+        except (OSError, ValueError, KeyError):  # a damaged file: sample afresh and replace it
+            pass
+    outputs, seconds = sample()
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, outputs=outputs, seconds=seconds)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return outputs, seconds
 
 
 def describe(config: QuantConfig) -> dict:
