@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +32,10 @@ from trdq.methods import Choice, check_choices, fit_layer, num_groups
 from trdq.models.adapters import Adapter, UnsupportedArchitectureError, adapter_for
 from trdq.models.loader import LoadedModel, ModelSettings
 from trdq.sampling import generate
+from trdq.siblings import SharedInput, input_siblings
 from trdq.timegroups import GroupIndex, GroupState, track_timestep
+
+log = logging.getLogger("trdq")
 
 
 @dataclass(frozen=True)
@@ -310,11 +314,17 @@ def convert(prepared: Prepared, config: QuantConfig | None = None,
     calibration, index = _statistics_for(prepared, config)
     if choices is not None:
         check_choices(choices, list(prepared.layers), index.num_groups, config)
+    siblings = _joint_fits(prepared, calibration, config, choices)
     transformer = copy.deepcopy(prepared.transformer)
     state = GroupState(index)
+    fitted: dict[str, list] = {}  # first sibling -> the transforms all its siblings take
     for name in prepared.layers:
         fp = transformer.get_submodule(name)
-        transforms = fit_layer(fp.weight, calibration.observers[name], config, choices[name] if choices else None)
+        first = siblings.get(name, (name,))[0]
+        if first not in fitted:
+            w = torch.cat([prepared.layers[m].weight for m in siblings.get(name, (name,))])  # (sum C_out, C_in)
+            fitted[first] = fit_layer(w, calibration.observers[first], config, choices[first] if choices else None)
+        transforms = fitted[first]
         replace_module(transformer, name, QuantLinear.from_linear(
             fp, transforms, config.w_bits, config.a_bits, state, config.w_group_size, config.a_symmetric))
     base = prepared.model.name if prepared.model is not None else type(transformer).__name__
@@ -323,6 +333,59 @@ def convert(prepared: Prepared, config: QuantConfig | None = None,
     if prepared.model is None:
         return transformer
     return rewrap(prepared.model.pipe if prepared.given == "pipeline" else prepared.model, transformer)
+
+
+def _joint_fits(prepared: Prepared, calibration: Calibration, config: QuantConfig,
+                choices: dict[str, list[Choice]] | None) -> dict[str, tuple[str, ...]]:
+    """Each quantized layer that shares its input and transform with siblings (``config.shared_inputs``,
+    :func:`trdq.siblings.input_siblings`) -> its sibling set. A set whose calibration inputs differ
+    (a processor that does not feed them one tensor) is fitted layer by layer, with a warning."""
+    if not config.shared_inputs:
+        return {}
+    out = {}
+    for members in input_siblings(prepared.transformer, prepared.layers):
+        observers = [calibration.observers[m] for m in members]
+        if not all(torch.equal(o.absmax, observers[0].absmax) for o in observers[1:]):
+            log.warning("shared_inputs: %s saw different inputs in calibration; each gets its own transform",
+                        ", ".join(members))
+            continue
+        if choices is not None and any(choices[m] != choices[members[0]] for m in members[1:]):
+            raise ValueError(f"choices: {', '.join(members)} read one input and share one transform with "
+                             "shared_inputs=True; give them the same choices")
+        out.update({m: members for m in members})
+    return out
+
+
+def link_siblings(transformer: nn.Module) -> list[tuple[str, ...]]:
+    """Have the quantized layers of ``transformer`` that read one input with one transform
+    compute it once per input (:class:`trdq.siblings.SharedInput`); returns the sets linked.
+
+    A set is linked only if its layers' transforms give bit-identical results on a probe in every
+    time group, as a joint fit makes them; others (a model quantized without ``shared_inputs``)
+    stay apart."""
+    layers = {name: m for name, m in transformer.named_modules() if isinstance(m, QuantLinear | IntLinear)}
+    linked = []
+    for members in input_siblings(transformer, layers):
+        first, *rest = (layers[m] for m in members)
+        probe = torch.randn(4, first.in_features, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(next(first.buffers()).device)
+
+        def seen(m: nn.Module, g: int) -> torch.Tensor:  # eagerly: a probe must not compile anything
+            t = m.transforms[g]
+            return t.activation(probe) if isinstance(m, QuantLinear) else t.apply(probe)
+
+        groups = range(len(first.transforms))
+        same = all(type(m) is type(first) and len(m.transforms) == len(first.transforms) and
+                   (m.a_bits, m.a_symmetric) == (first.a_bits, first.a_symmetric) for m in rest)
+        if same:
+            expected = [seen(first, g) for g in groups]
+            same = all(torch.equal(seen(m, g), e) for m in rest for g, e in zip(groups, expected))
+        holder = SharedInput(len(members)) if same else None
+        for m in (first, *rest):
+            m.shared_input = holder
+        if same:
+            linked.append(members)
+    return linked
 
 
 def choices_of(qmodel: Model) -> dict[str, list[Choice]]:
@@ -369,10 +432,13 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def track_quantized(transformer: nn.Module, state: GroupState, info: QuantInfo) -> None:
     """Make a transformer with quantized layers find its time group at every call, carry ``info``
-    as ``transformer.trdq_info``, and quantize its attention scores when the config asks (simulated
-    or real as ``info.execution`` says)."""
+    as ``transformer.trdq_info``, quantize its attention scores when the config asks (simulated
+    or real as ``info.execution`` says), and link the layers that share an input
+    (``shared_inputs``, :func:`link_siblings`)."""
     handle = track_timestep(transformer, state, adapter_for(transformer).timestep_position)
     transformer.trdq_info, transformer.trdq_hook_id = info, handle.id
+    if info.config.shared_inputs:
+        link_siblings(transformer)
     if info.config.attention_bits is not None:
         quantize_attention(transformer, AttentionQuant(info.config.attention_bits, real=info.execution != EXECUTION))
 

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--rotation", default="duquant", help="rotation of trdq: " + ", ".join(ROTATIONS))
     qu.add_argument("--alpha", default="search", help="trdq smoothing: 'search' or a fixed alpha in [0, 1]")
     qu.add_argument("--block-size", type=_integer(2), default=64, help="rotation block size")
+    qu.add_argument("--shared-inputs", action="store_true",
+                    help="one transform for the layers that read one input (each attention's q/k/v, a "
+                         "cross-attention's k/v), fitted to their weights together and applied once per call")
     qu.add_argument("--attention-bits", default="off",
                     help="quantize the attention scores QK^T too: 8 (int8 queries and mean-subtracted keys), "
                          "any width 2..8, or 'off' (default: attention in floating point)")
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trdq smoothing: 'search' (alpha_g searched per group) or a fixed alpha in [0, 1]; "
                          "a comma list for an ablation")
     ev.add_argument("--block-size", type=_integer(2), default=64, help="rotation block size")
+    ev.add_argument("--shared-inputs", action="store_true",
+                    help="one transform for the layers that read one input (each attention's q/k/v, a "
+                         "cross-attention's k/v), fitted to their weights together and applied once per call")
     ev.add_argument("--attention-bits", default="off",
                     help="quantize the attention scores QK^T too: 8, any width 2..8, or 'off' (default); a comma "
                          "list (e.g. off,8) evaluates each")
@@ -201,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address-space cap of each worker beyond its size after imports "
                          "(default 90%% of the memory available when it starts; 0: none)")
     be.add_argument("--seed", type=_integer(0, SEED_LIMIT - 1), default=0)
+    be.add_argument("--shared-inputs", action="store_true",
+                    help="quantize with one transform per attention's q/k/v (and cross-attention k/v), "
+                         "applied once per call (QuantConfig.shared_inputs)")
     be.add_argument("--compact-rotations", action=argparse.BooleanOptionalAction, default=None,
                     help="real backends keep DuQuant's block rotations as their reflections and build the blocks "
                          "at every call (default: per-group dense, shared and jit compact)")
@@ -346,7 +355,8 @@ def quant_configs(args, steps: int = 20) -> tuple[bool, list[QuantConfig]]:
                 continue
             config = QuantConfig(method=m, w_bits=w, a_bits=a, time_groups=TimeGroups(g), rotation=r,
                                  alpha=alpha, block_size=args.block_size, cfg_split=cfg_split,
-                                 uncond_bits=uncond, attention_bits=qk)
+                                 uncond_bits=uncond, attention_bits=qk,
+                                 shared_inputs=getattr(args, "shared_inputs", False))
             TimeGroups(describe(config)["num_groups"]).step_to_group(steps)  # too many groups fails now
             key = config_key(config)
             if key not in seen:
@@ -479,7 +489,7 @@ def cmd_bench(args) -> None:
                            groups=args.groups, rotation=args.rotation, share_attention=args.share_attention,
                            real_dtype=args.real_dtype, compile=args.compile, seed=args.seed, overrides=overrides,
                            mem_limit_gib=args.mem_limit_gib, timing=not args.memory_only,
-                           compact_rotations=args.compact_rotations)
+                           compact_rotations=args.compact_rotations, shared_inputs=args.shared_inputs)
     backends = bench.parse_backends(_items(args.backends or ",".join(bench.DEFAULT_BACKENDS)),
                                     _items(args.deployment))
     report = bench.run(spec, backends, cache=args.cache,

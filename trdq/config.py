@@ -115,6 +115,11 @@ class QuantConfig:
             mean-subtracted keys on symmetric per-token grids of this width (2..8; 8 is the intended
             use), softmax in float32, ``P V`` in floating point (docs/method.md §10; beyond the paper).
             None (default): attention stays in floating point.
+        shared_inputs: layers that read one input (an attention's q/k/v, a cross-attention's k/v;
+            :mod:`trdq.siblings`) get one transform per time group, its smoothing and rotation fitted
+            to their weights stacked, so their activations are transformed and quantized once per
+            call instead of once per layer (beyond the paper; off by default: the fit is joint,
+            so the quantized model differs).
     """
 
     method: str = "trdq"
@@ -135,6 +140,7 @@ class QuantConfig:
     cfg_split: bool = False
     uncond_bits: tuple[int, int] | None = None
     attention_bits: int | None = None
+    shared_inputs: bool = False
 
     def __post_init__(self):
         self._check_types()
@@ -166,7 +172,7 @@ class QuantConfig:
 
     def _check_types(self) -> None:
         """Reject values of the wrong type before they act as something else (``"no"`` as True)."""
-        for name in ("a_symmetric", "select_transforms", "cfg_split"):
+        for name in ("a_symmetric", "select_transforms", "cfg_split", "shared_inputs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name, low in (("block_size", 2), ("rotation_steps", 1), ("seed", 0)):

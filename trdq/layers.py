@@ -22,6 +22,7 @@ from torch import nn
 
 from trdq import cpu, kernels, quantizer
 from trdq.rotation import OnlineRotation, Rotation, rotate_rows
+from trdq.siblings import SharedInput, shared
 from trdq.timegroups import GroupState
 
 EXECUTION = "simulated"
@@ -119,6 +120,8 @@ class QuantLinear(nn.Module):
         self.transforms = transforms
         self.a_bits, self.a_symmetric = quantizer.check_bits(a_bits, "a_bits"), a_symmetric
         self.state = state
+        # set on layers that read one input with one transform (trdq.siblings; shared_inputs=True)
+        self.shared_input: SharedInput | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, transforms: list[GroupTransform], w_bits: int, a_bits: int,
@@ -151,8 +154,13 @@ class QuantLinear(nn.Module):
         if self.weights_fq is None or self.weights_fq.dtype != x.dtype:
             fq = self.codes().double() * self.w_scale
             self.weights_fq = fq.reshape(fq.shape[0], fq.shape[1], -1).to(x.dtype)  # grouped -> (G, C_out, C_in)
-        xq = fake_quant_activations(self.transforms[g].activation(x), self.a_bits, self.a_symmetric)
+        xq = shared(self.shared_input, x, g, lambda: fake_quant_activations(self.transform_input(x, g), self.a_bits,
+                                                                             self.a_symmetric))
         return F.linear(xq, self.weights_fq[g], self.bias)
+
+    def transform_input(self, x: torch.Tensor, g: int) -> torch.Tensor:
+        """``x`` under time group ``g``'s transform, as this layer applies it before quantizing."""
+        return self.transforms[g].activation(x)
 
     def extra_repr(self) -> str:
         kinds = ",".join(t.kind for t in self.transforms)
@@ -379,6 +387,7 @@ class IntLinear(nn.Module):
         self.prepared: dict = {}  # stored copy -> what the GEMM needs beyond the codes (see _prepare)
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.in_features, self.out_features = in_features, w_scale.shape[1]
+        self.shared_input: SharedInput | None = None  # as on QuantLinear
 
     @property
     def packed(self) -> bool:
@@ -390,6 +399,8 @@ class IntLinear(nn.Module):
         super()._apply(fn, recurse)
         self.transforms = [t.map(fn) for t in self.transforms]
         self.prepared = {}  # made again from the moved codes
+        if self.shared_input is not None:  # nothing computed before the move is kept
+            self.shared_input.clear()
         return self
 
     def use_gemm(self, gemm: str) -> IntLinear:
@@ -449,7 +460,7 @@ class IntLinear(nn.Module):
         if g >= len(self.transforms):
             raise RuntimeError(f"time group {g} but this layer was calibrated with {len(self.transforms)} groups")
         with torch.profiler.record_function(ONLINE_TRANSFORM):  # the benchmark sums its time
-            xt = self.transforms[g].apply(x, self.compiled)
+            xt = shared(self.shared_input, x, g, lambda: self.transform_input(x, g))
         gemm = self.gemm if x.device.type == "cpu" else "int_mm"  # the choice is the CPU's
         bias = None if self.bias is None else self.bias.detach()  # a plain tensor: compile keeps its size dynamic
         stored = self._stored(g)
@@ -466,6 +477,10 @@ class IntLinear(nn.Module):
             out = [call(rows[i:i + step], *stored, self.packed, bias, self.a_bits, self.a_symmetric, x.dtype,
                         gemm, prepared) for i in range(0, len(rows), step)]
         return (out[0] if len(out) == 1 else torch.cat(out)).reshape(*x.shape[:-1], self.out_features)
+
+    def transform_input(self, x: torch.Tensor, g: int) -> torch.Tensor:
+        """``x`` under time group ``g``'s online transform, as this layer applies it before quantizing."""
+        return self.transforms[g].apply(x, self.compiled)
 
     def _stored(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Group ``g``'s stored weight codes (packed when :attr:`packed`), scales (C_out, 1) and
@@ -511,6 +526,7 @@ class SharedIntLinear(IntLinear):
         self.copy_of_group = list(range(len(transforms)))
         self.w_bits, self.a_bits, self.a_symmetric, self.state = w_bits, a_bits, a_symmetric, state
         self.out_features, self.in_features = master.shape
+        self.shared_input: SharedInput | None = None
         self._active: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.prepared = {}
         self.register_buffer("w_store", torch.empty(0, dtype=torch.int8), persistent=False)  # the active copy

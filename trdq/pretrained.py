@@ -57,6 +57,7 @@ from trdq.serialization import (
     put_rotation,
     read_layer,
     replace_folder,
+    storable,
 )
 from trdq.timegroups import GroupIndex, GroupState
 
@@ -157,7 +158,7 @@ def _save_transformer(transformer: nn.Module, info: QuantInfo, folder: Path, dty
         **({"branches": entries} if split else {k: v for k, v in entries[""].items() if k != "config"}),
     }
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
+    save_file(storable(tensors), str(folder / WEIGHTS))
     (folder / CONFIG).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
 
 

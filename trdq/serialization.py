@@ -98,13 +98,28 @@ def save(qmodel: Model, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / TENSORS))
+        save_file(storable(tensors), str(staging / TENSORS))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         replace_folder(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` made contiguous, each in memory of its own: safetensors refuses tensors that
+    share memory, as the transforms of siblings fitted together (``shared_inputs``) do. Each layer
+    then stores its copy, and loading links the siblings again (:func:`trdq.api.link_siblings`)."""
+    seen, out = set(), {}
+    for key, value in tensors.items():
+        value = value.contiguous()
+        where = value.untyped_storage().data_ptr()
+        if value.numel() and where in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    return out
 
 
 def check_destination(path: str | Path) -> Path:

@@ -170,6 +170,8 @@ class BenchSpec:
             memory only (a memory report in minutes, on any CPU).
         compact_rotations: real backends keep DuQuant's block rotations as reflections
             (:func:`trdq.realize`'s ``compact_rotations``; None: per the deployment).
+        shared_inputs: quantize trdq backends with ``QuantConfig(shared_inputs=True)``: one
+            transform for each attention's q/k/v (and cross-attention k/v), applied once per call.
         mem_limit_gib: address-space cap of a worker beyond its size after imports (None: 90% of
             the memory available when it starts; 0: none), so that a backend too big for the
             machine fails with an error instead of waking the kernel's OOM killer. On cuda no cap
@@ -195,6 +197,7 @@ class BenchSpec:
     timing: bool = True
     compact_rotations: bool | None = None
     mem_limit_gib: float | None = None
+    shared_inputs: bool = False
 
     def __post_init__(self):
         if self.share_attention in (0, "0", ""):
@@ -263,7 +266,8 @@ class BenchSpec:
         do not depend on calibration quality."""
         w, a = parse_bits(bits)
         return QuantConfig(method="trdq", w_bits=w, a_bits=a, time_groups=TimeGroups(self.groups),
-                           alpha=BENCH_ALPHA, rotation=self.rotation, select_transforms=False, seed=self.seed)
+                           alpha=BENCH_ALPHA, rotation=self.rotation, select_transforms=False, seed=self.seed,
+                           shared_inputs=self.shared_inputs)
 
     def calibration_note(self) -> str:
         data = (f"{CALIB_INPUTS} random forward inputs (batch {self.batch}) at a {CALIB_LATENT}x"

@@ -270,19 +270,21 @@ def reference_outputs(folder: str | Path, model: LoadedModel, prompts: Sequence[
 def describe(config: QuantConfig) -> dict:
     """The settings that tell quantized records apart: ``num_groups``, ``smoothing`` (none, fixed
     or search), ``alpha`` (the fixed value, else None) and ``rotation`` as the method applies them,
-    ``cfg_split`` and ``attention_bits`` (None: float attention)."""
+    ``cfg_split``, ``attention_bits`` (None: float attention) and ``shared_inputs``."""
     recipe = recipe_for(config)
     alpha = None
     if recipe.smoothing == "fixed":
         alpha = config.alpha if config.alpha is not None else DEFAULT_FIXED_ALPHA
     return {"num_groups": num_groups(config), "smoothing": recipe.smoothing, "alpha": alpha,
-            "rotation": recipe.rotation, "cfg_split": config.cfg_split, "attention_bits": config.attention_bits}
+            "rotation": recipe.rotation, "cfg_split": config.cfg_split, "attention_bits": config.attention_bits,
+            "shared_inputs": config.shared_inputs}
 
 
 #: The fields that tell apart two evaluations of the same model whose records may share a file.
 RUN_FIELDS = ("model", "num_prompts", "seed", "steps", "guidance")
 # The settings of describe() that tell two quantized models of one method and bits apart.
-_DESCRIBED = ("num_groups", "smoothing", "alpha", "rotation", "cfg_split", "attention_bits")
+_DESCRIBED = ("num_groups", "smoothing", "alpha", "rotation", "cfg_split", "attention_bits", "shared_inputs")
+_UNSAID = {"shared_inputs": False}  # what a record written before the setting existed had
 
 
 def config_key(config: QuantConfig) -> tuple:
@@ -295,7 +297,7 @@ def record_key(record: dict) -> tuple:
     """:func:`config_key` of the model a record came from (``("fp",)`` for the FP model)."""
     if record["method"] == "fp":
         return ("fp",)
-    return (record["method"], record["bits"], *(record.get(k) for k in _DESCRIBED))
+    return (record["method"], record["bits"], *(record.get(k, _UNSAID.get(k)) for k in _DESCRIBED))
 
 
 def read_records(path: str | Path, run: dict) -> list[dict]:
