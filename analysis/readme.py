@@ -191,6 +191,25 @@ def attention_table(path: Path, max_psnr_cost: float = 1.0) -> str:
     return _markdown(pd.DataFrame(rows))
 
 
+def shared_inputs_table(path: Path) -> str:
+    """TR-DQ fitted per layer beside one transform per input (``QuantConfig.shared_inputs``): quality,
+    closeness to FP, and what the joint fit costs at each bit width."""
+    records = [r for r in json.loads(path.read_text()) if "sharing" not in r]
+    apart = {r["bits"]: r for r in records if r["method"] != "fp" and not r.get("shared_inputs")}
+    rows = []
+    for r in sorted(records, key=lambda r: (r["method"] != "fp", r["bits"], bool(r.get("shared_inputs")))):
+        base = apart.get(r["bits"]) if r.get("shared_inputs") else None
+        rows.append({
+            "method": r["method"], "bits": r["bits"],
+            "transforms": "-" if r["method"] == "fp" else "per input" if r.get("shared_inputs") else "per layer",
+            "prompts": r["num_prompts"], "adherence": f"{r['adherence']:.3f}", "shapes_fd": f"{r['shapes_fd']:.2f}",
+            "psnr_vs_fp (dB)": f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "-",
+            "psnr cost (dB)": "-" if base is None else f"{base['psnr_vs_fp'] - r['psnr_vs_fp']:+.2f}",
+            "adherence drop": "-" if base is None else f"{base['adherence'] - r['adherence']:+.3f}",
+        })
+    return _markdown(pd.DataFrame(rows))
+
+
 def _step_split(profile: dict | None, result: dict | None = None) -> str:
     """A profiled step's shares, e.g. ``39% / 55% / - / -`` (see trdq.demo.bench.measure.profile_step)."""
     if not profile:  # reports made before steps were profiled: the transforms' share alone
@@ -372,6 +391,9 @@ TABLES = {
     "frontier-video": (RESULTS / "shapes-t2v-frontier.json", frontier_table),
     "attention-image": (RESULTS / "shapes-t2i-attention.json", attention_table),
     "attention-video": (RESULTS / "shapes-t2v-attention.json", attention_table),
+    "shared-inputs": (RESULTS / "shapes-t2i-shared-inputs.json", shared_inputs_table),
+    "bench-avx2-per-layer": (RESULTS / "bench-pixart-xl-random-512-avx2-per-layer.json", bench_table),
+    "bench-avx2-shared-inputs": (RESULTS / "bench-pixart-xl-random-512-avx2-shared-inputs.json", bench_table),
 }
 #: Figure file -> (the JSON it is drawn from, the function that draws it from the records).
 FIGURES = {

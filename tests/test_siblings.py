@@ -59,6 +59,10 @@ def test_shared_input_hands_one_value_to_the_other_siblings_then_forgets_it():
     holder.put(x, 0, "t(x)")
     x.add_(1)  # changed in place since: not the input it was computed from
     assert holder.get(x, 0) is None
+    with torch.inference_mode():  # inference tensors keep no version counter: identity decides
+        y = torch.ones(2, 4)
+        holder.put(y, 0, "t(y)")
+        assert holder.get(y, 0) == "t(y)" and holder.get(y.clone(), 0) is None
 
 
 @pytest.mark.slow

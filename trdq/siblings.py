@@ -66,7 +66,7 @@ class SharedInput:
 
     def get(self, x: torch.Tensor, group: int):
         """The value kept for ``x`` in time group ``group``, or None."""
-        if self.x is not x or self.version != x._version or self.group != group:
+        if self.x is not x or self.version != _version(x) or self.group != group:
             return None
         value = self.value
         self.uses += 1
@@ -76,13 +76,19 @@ class SharedInput:
 
     def put(self, x: torch.Tensor, group: int, value) -> None:
         """Keep ``value``, computed from ``x`` in ``group``, for the other siblings."""
-        self.x, self.version, self.group, self.value, self.uses = x, x._version, group, value, 1
+        self.x, self.version, self.group, self.value, self.uses = x, _version(x), group, value, 1
 
     def __deepcopy__(self, memo) -> SharedInput:
         return SharedInput(self.size)  # a copied model shares among its own layers, from empty
 
     def __repr__(self) -> str:
         return f"SharedInput(size={self.size})"
+
+
+def _version(x: torch.Tensor) -> int | None:
+    """``x``'s in-place change counter; None for a tensor made under ``torch.inference_mode``, which
+    keeps none (there the identity of the tensor is what tells inputs apart)."""
+    return None if x.is_inference() else x._version
 
 
 def shared(holder: SharedInput | None, x: torch.Tensor, group: int, compute):

@@ -104,7 +104,8 @@ def make_report(spec: BenchSpec, results: list[dict], isolate: bool, fitting: di
                 "and guidance"),
         "threads": spec.num_threads, "device": spec.device, "isolated": isolate, "spec": asdict(spec),
         "quantization": {"method": "trdq", "groups": spec.groups, "alpha": BENCH_ALPHA,
-                         "rotation": spec.rotation, "select_transforms": False},
+                         "rotation": spec.rotation, "select_transforms": False,
+                         "shared_inputs": spec.shared_inputs},
         "calibration": spec.calibration_note(),
         "fitting": {"note": FITTING_NOTE, **fitting},
         "timing": spec.timing or "not timed: weights and memory only (--memory-only)",
@@ -182,6 +183,8 @@ def verdicts(report: dict, base: str | None = None) -> list[str]:
                        + (f" ({groups} group{'s' if groups != 1 else ''})" if r["deployment"] == "per-group" else "")
                        + {True: ", block rotations kept as reflections", False: ", dense block rotations"}.get(
                            r.get("compact_rotations") if report["quantization"].get("rotation") == "duquant" else None, ""))
+        if report.get("quantization", {}).get("shared_inputs") and r.get("bits") and not r.get("library"):
+            why.append("one transform per attention input (q/k/v, cross-attention k/v), applied once")
         if r["weight_bytes"].get("fbgemm_packed"):
             why.append("fbgemm keeps its own packed copy of the weights")
         if r.get("execution") == "simulated":
