@@ -36,6 +36,8 @@ def frontier(records: Sequence[dict], metric: str) -> pd.DataFrame:
     """``metric`` per method (rows, :data:`METHOD_ORDER` first) and bits (columns, :data:`LADDER`
     order); NaN where a pair was not evaluated."""
     rows = [r for r in _plain(records) if r["method"] != "fp" and r["bits"] in LADDER]
+    if not rows:  # a run that has sampled FP and nothing else yet
+        return pd.DataFrame(index=pd.Index([], name="method"), columns=list(LADDER), dtype=float)
     table = pd.DataFrame(rows).pivot_table(index="method", columns="bits", values=metric, aggfunc="first")
     methods = [m for m in METHOD_ORDER if m in table.index] + sorted(set(table.index) - set(METHOD_ORDER))
     return table.reindex(index=methods, columns=list(LADDER))
@@ -96,10 +98,9 @@ def markdown(records: Sequence[dict], tolerance: float = ADHERENCE_TOLERANCE,
     :func:`lowest_kept`."""
     fp = fp_record(records)
     kept = lowest_kept(records, tolerance)
-    first = next(r for r in records if r["method"] != "fp")
     parts = [f"{fp['num_prompts']} prompts, {fp['steps']} steps, guidance {fp['guidance']}, seed {fp['seed']}; "
              f"FP: adherence {fp['adherence']:.3f}, shapes_fd {fp['shapes_fd']:.1f}. "
-             f"`·`: not evaluated yet. Model: {first['model']}, simulated quantization."]
+             f"`·`: not evaluated yet. Model: {fp['model']}, simulated quantization."]
     formats = {"adherence": ".3f", "psnr_vs_fp": ".2f", "shapes_fd": ".1f"}
     for metric, fmt in ((m, formats[m]) for m in metrics):
         title, higher = METRICS[metric]

@@ -58,3 +58,10 @@ def test_markdown_bolds_the_best_per_rung_and_needs_fp(tmp_path):
 def test_plot_writes_a_png(tmp_path):
     out = frontier.plot(_records({("rtn", "w8a8"): 0.98, ("trdq", "w3a3"): 0.95}), tmp_path / "f.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_with_only_its_fp_record_renders_empty_tables_and_a_plot(tmp_path):
+    assert frontier.frontier([FP], "adherence").empty and frontier.lowest_kept([FP]) == {}
+    text = frontier.markdown([FP])
+    assert "Model: shapes-t2i" in text and text.count("| method | W8A8 |") == 3
+    assert frontier.plot([FP], tmp_path / "f.png").stat().st_size > 0
