@@ -65,7 +65,6 @@ def test_shared_input_hands_one_value_to_the_other_siblings_then_forgets_it():
         assert holder.get(y, 0) == "t(y)" and holder.get(y.clone(), 0) is None
 
 
-@pytest.mark.slow
 def test_siblings_share_one_fitted_transform_and_compute_it_once(shared, monkeypatch):
     layers = _quantized(shared)
     qkv = [layers[f"transformer_blocks.0.attn1.to_{p}"] for p in "qkv"]
@@ -92,7 +91,6 @@ def test_siblings_share_one_fitted_transform_and_compute_it_once(shared, monkeyp
         link_siblings(shared.pipe.transformer)
 
 
-@pytest.mark.slow
 def test_a_joint_fit_differs_from_separate_fits_and_stays_close_to_fp(tiny_pixart, shared):
     apart = quantize(tiny_pixart, dataclasses.replace(CONFIG, shared_inputs=False), PROMPTS, steps=4)
     a, b = _quantized(apart), _quantized(shared)
@@ -105,7 +103,6 @@ def test_a_joint_fit_differs_from_separate_fits_and_stays_close_to_fp(tiny_pixar
     assert psnr(_images(shared), fp).mean() > psnr(_images(apart), fp).mean() - 3
 
 
-@pytest.mark.slow
 def test_siblings_stay_linked_through_save_load_and_realize(tiny_pixart, shared, tmp_path):
     expected = _images(shared)
     trdq.save(shared, tmp_path / "q")
@@ -124,7 +121,6 @@ def test_siblings_stay_linked_through_save_load_and_realize(tiny_pixart, shared,
     assert psnr(real_images, expected).mean() > 40
 
 
-@pytest.mark.slow
 def test_siblings_whose_calibration_inputs_differ_are_fitted_apart(tiny_pixart, caplog):
     prepared = calibrate(prepare(tiny_pixart, CONFIG), PROMPTS, steps=4)
     observer = prepared.calibration.observers["transformer_blocks.0.attn1.to_v"]
@@ -137,7 +133,6 @@ def test_siblings_whose_calibration_inputs_differ_are_fitted_apart(tiny_pixart, 
     assert layers["transformer_blocks.1.attn1.to_q"].shared_input is not None  # the other block is fine
 
 
-@pytest.mark.slow
 def test_choices_must_agree_across_siblings(tiny_pixart, shared):
     prepared = calibrate(prepare(tiny_pixart, CONFIG), PROMPTS, steps=4)
     choices = choices_of(shared)

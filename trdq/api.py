@@ -360,15 +360,14 @@ def link_siblings(transformer: nn.Module) -> list[tuple[str, ...]]:
     """Have the quantized layers of ``transformer`` that read one input with one transform
     compute it once per input (:class:`trdq.siblings.SharedInput`); returns the sets linked.
 
-    A set is linked only if its layers' transforms give bit-identical results on a probe in every
-    time group, as a joint fit makes them; others (a model quantized without ``shared_inputs``)
-    stay apart."""
+    A set is linked only if its layers' transforms are the same linear map in every time group
+    (bit-identical images of the identity matrix), as a joint fit makes them; others (a model
+    quantized without ``shared_inputs``) stay apart."""
     layers = {name: m for name, m in transformer.named_modules() if isinstance(m, QuantLinear | IntLinear)}
     linked = []
     for members in input_siblings(transformer, layers):
         first, *rest = (layers[m] for m in members)
-        probe = torch.randn(4, first.in_features, generator=torch.Generator().manual_seed(0))
-        probe = probe.to(next(first.buffers()).device)
+        probe = torch.eye(first.in_features, device=next(first.buffers()).device)  # the whole map, exactly
 
         def seen(m: nn.Module, g: int) -> torch.Tensor:  # eagerly: a probe must not compile anything
             t = m.transforms[g]
