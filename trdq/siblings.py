@@ -49,9 +49,10 @@ class SharedInput:
 
     The first sibling to run on an input tensor computes its transformed activations and
     :meth:`put` s them; the others, called with the very same tensor (same object, unchanged
-    since, same time group), :meth:`get` them. After every sibling has read it the entry is
-    dropped, so no activation outlives the attention call. Any other input misses, and the layer
-    computes its own: sharing saves work and never changes a value. Under ``torch.compile`` the
+    since, same time group), :meth:`get` them. Once every sibling has read it the entry is
+    dropped, so it does not outlive its attention call (if a sibling is skipped, the next input
+    replaces it). Any other input misses, and the layer computes its own: sharing saves work and
+    never changes a value. Under ``torch.compile`` the
     layers compute their own (a traced graph cannot keep Python state between calls).
     """
 

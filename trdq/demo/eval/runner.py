@@ -235,8 +235,9 @@ def reference_outputs(folder: str | Path, model: LoadedModel, prompts: Sequence[
     them, else from ``sample()`` (then kept, if ``write``).
 
     The file is named by a hash of everything the outputs depend on: the pipeline's weights
-    (:func:`trdq.fingerprint.fingerprint` of each component), its scheduler's settings, prompts, seeds, steps, guidance, torch's version and
-    the CPU class kernels were picked for; another machine class samples afresh.
+    (:func:`trdq.fingerprint.fingerprint` of each component), its scheduler's settings, prompts,
+    seeds, steps, guidance, torch's version, the device and the CPU class kernels were picked for;
+    another machine class samples afresh.
     """
     parts = {name: fingerprint(m) for name, m in model.pipe.components.items() if isinstance(m, torch.nn.Module)}
     key = {"model": model.name, "weights": parts, "scheduler": dict(model.pipe.scheduler.config),
