@@ -673,8 +673,9 @@ def shipped_trajectory(model_label: str):
 
 def benchmark_files() -> list[str]:
     """The bench reports, this CPU class's PixArt-XL report first (AVX2-only CPUs run other
-    kernels than VNNI ones, see docs/results.md, "Speed and memory"), then the memory-only ones."""
-    own = "bench-pixart-xl-random-512.json" if cpu_info().int8_dot else "bench-pixart-xl-random-512-avx2.json"
+    kernels than VNNI ones, see docs/results.md, "Speed and memory"; on AVX2 the run with the
+    peers, torchao and optimum-quanto, beside fp32 and bf16), then the memory-only ones."""
+    own = "bench-pixart-xl-random-512.json" if cpu_info().int8_dot else "bench-pixart-xl-random-512-avx2-peers.json"
     return sorted((p.name for pattern in ("bench-*.json", "memory-*.json") for p in RESULTS.glob(pattern)),
                   key=lambda name: (name != own, name.startswith("memory-"), name))
 

@@ -384,6 +384,8 @@ def test_benchmark_tab_reads_the_reports():
     table, fig = app.benchmark(files[0])
     # the tab opens on the report of this machine's CPU class
     assert ("avx2" in files[0]) != app.cpu_info().int8_dot
+    if not app.cpu_info().int8_dot:  # where bf16 and torch._int_mm are slow, with the peers that use them
+        assert "torchao-w8a8" in table and "quanto-w8a8" in table and "| bf16 |" in table
     assert "| backend |" in table and len(fig.data) == 2
     assert " faster than " in table or " slower than " in table  # one line per backend under the table
     with pytest.raises(gr.Error, match="python -m trdq bench"):
