@@ -103,7 +103,7 @@ def test_a_joint_fit_differs_from_separate_fits_and_stays_close_to_fp(tiny_pixar
     assert psnr(_images(shared), fp).mean() > psnr(_images(apart), fp).mean() - 3
 
 
-def test_siblings_stay_linked_through_save_load_and_realize(tiny_pixart, shared, tmp_path):
+def test_siblings_stay_linked_through_save_load_and_realize(tiny_pixart, shared, tmp_path, monkeypatch):
     expected = _images(shared)
     trdq.save(shared, tmp_path / "q")
     loaded = trdq.load(tmp_path / "q", base=tiny_pixart)
@@ -115,9 +115,15 @@ def test_siblings_stay_linked_through_save_load_and_realize(tiny_pixart, shared,
         assert layers["transformer_blocks.1.attn1.to_q"].shared_input is layers["transformer_blocks.1.attn1.to_v"].shared_input
         assert layers["transformer_blocks.1.attn1.to_q"].shared_input is not None
     assert np.array_equal(_images(loaded), expected) and np.array_equal(_images(pretrained), expected)
+    calls = []
+    transform = IntLinear.transform_input
+    monkeypatch.setattr(IntLinear, "transform_input", lambda self, x, g: calls.append(self) or transform(self, x, g))
     real_images = _images(real)
+    linked_calls = len(calls)
     _unlinked(real)
+    calls.clear()
     assert np.array_equal(_images(real), real_images)  # the real path's shared transform changes nothing
+    assert linked_calls == len(calls) * 7 // 10  # and is computed 7 times per block instead of 10
     assert psnr(real_images, expected).mean() > 40
 
 
