@@ -471,6 +471,8 @@ def cmd_eval(args) -> None:
         extra = f", psnr_vs_fp {r['psnr_vs_fp']:.2f} dB" if "psnr_vs_fp" in r else ""
         if r.get("attention_bits"):
             extra += f", attention scores at {r['attention_bits']} bits"
+        if r.get("shared_inputs"):
+            extra += ", one transform per attention input"
         if "sharing" in r:
             extra += f", sharing {r['sharing']} ({r['attn_score_skipped']:.0%} of uncond scores skipped)"
         log.info("%s %s (%s): adherence %.3f, shapes_fd %.2f%s", r["method"], r["bits"], r["execution"],
