@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -319,3 +320,17 @@ def test_eval_fuses_its_fake_quantization_only_where_the_compilation_pays_off(tm
     assert main([*argv, "--num-prompts", "2"]) == 0  # auto: 2 prompts, eager
     assert main([*argv, "--num-prompts", "2", "--fake-quant", "fused"]) == 0
     assert seen == [False, True]
+
+
+@pytest.mark.slow
+def test_eval_and_quantize_take_shared_inputs(tmp_path, caplog):
+    out = tmp_path / "eval.json"
+    with caplog.at_level(logging.INFO, logger="trdq"):
+        assert main(["eval", "--num-prompts", "2", "--steps", "2", "--groups", "2", "--no-eps-sqnr", "--methods",
+                     "trdq", "--bits", "w8a8", "--shared-inputs", "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["shared_inputs"] is True and "one transform per attention input" in caplog.text
+    assert main(["quantize", "--steps", "2", "--groups", "2", "--calib-prompts", "2", "--bits", "w8a8",
+                 "--shared-inputs", "--out", str(tmp_path / "q")]) == 0
+    config = json.loads((tmp_path / "q" / "transformer" / "config.json").read_text())["quantization_config"]
+    assert config["config"]["shared_inputs"] is True
