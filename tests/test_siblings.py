@@ -31,6 +31,17 @@ def _unlinked(model):
         m.shared_input = None
 
 
+def _linked_then_alone(model, cls, monkeypatch):
+    """Images and transform computations of ``model`` with its siblings linked, then unlinked."""
+    calls = []
+    transform = cls.transform_input
+    monkeypatch.setattr(cls, "transform_input", lambda self, x, g: calls.append(self) or transform(self, x, g))
+    linked = _images(model), len(calls)
+    _unlinked(model)
+    calls.clear()
+    return linked, (_images(model), len(calls))
+
+
 @pytest.fixture(scope="module")
 def shared(tiny_pixart):
     return quantize(tiny_pixart, CONFIG, PROMPTS, steps=4)
@@ -75,17 +86,10 @@ def test_siblings_share_one_fitted_transform_and_compute_it_once(shared, monkeyp
     assert layers["transformer_blocks.0.attn2.to_q"].shared_input is None
     assert layers["transformer_blocks.0.ff.net.0.proj"].shared_input is None
 
-    calls = []
-    real = QuantLinear.transform_input
-    monkeypatch.setattr(QuantLinear, "transform_input", lambda self, x, g: calls.append(self) or real(self, x, g))
-    with_sharing = _images(shared)
-    shared_calls = len(calls)
-    _unlinked(shared)
     try:
-        calls.clear()
-        alone = _images(shared)
+        (with_sharing, shared_calls), (alone, alone_calls) = _linked_then_alone(shared, QuantLinear, monkeypatch)
         # per block: q, k, v and k, v read one input each time: 5 layers computed by 2
-        assert shared_calls == len(calls) * 7 // 10
+        assert shared_calls == alone_calls * 7 // 10
         assert np.array_equal(with_sharing, alone)  # the same values, computed once
     finally:
         link_siblings(shared.pipe.transformer)
@@ -115,15 +119,9 @@ def test_siblings_stay_linked_through_save_load_and_realize(tiny_pixart, shared,
         assert layers["transformer_blocks.1.attn1.to_q"].shared_input is layers["transformer_blocks.1.attn1.to_v"].shared_input
         assert layers["transformer_blocks.1.attn1.to_q"].shared_input is not None
     assert np.array_equal(_images(loaded), expected) and np.array_equal(_images(pretrained), expected)
-    calls = []
-    transform = IntLinear.transform_input
-    monkeypatch.setattr(IntLinear, "transform_input", lambda self, x, g: calls.append(self) or transform(self, x, g))
-    real_images = _images(real)
-    linked_calls = len(calls)
-    _unlinked(real)
-    calls.clear()
-    assert np.array_equal(_images(real), real_images)  # the real path's shared transform changes nothing
-    assert linked_calls == len(calls) * 7 // 10  # and is computed 7 times per block instead of 10
+    (real_images, linked_calls), (alone, alone_calls) = _linked_then_alone(real, IntLinear, monkeypatch)
+    assert np.array_equal(alone, real_images)  # the real path's shared transform changes nothing
+    assert linked_calls == alone_calls * 7 // 10  # and is computed 7 times per block instead of 10
     assert psnr(real_images, expected).mean() > 40
 
 
