@@ -3,7 +3,7 @@ import torch
 
 from trdq import quantizer as Q
 from trdq.config import QuantConfig
-from trdq.methods import RECIPES, fit_group, recipe_for
+from trdq.methods import RECIPES, choice_error, fit_group, recipe_for
 
 
 def _outlier_layer():
@@ -27,6 +27,18 @@ def test_trdq_search_beats_rtn_and_reports_its_alpha_on_outlier_activations():
     rtn = _error(fit_group(w, x, x.abs().amax(0), RECIPES["rtn"], config), x, w, config)
     assert t.kind != "none" and _error(t, x, w, config) < 0.5 * rtn
     assert t.delta is None or t.alpha in config.alpha_grid
+
+
+def test_the_search_keeps_the_choice_of_lowest_error():
+    x, w = _outlier_layer()
+    config = QuantConfig(method="trdq", w_bits=4, a_bits=4, block_size=32)
+    t = fit_group(w, x, x.abs().amax(0), recipe_for(config), config)
+    kinds = [(a, k) for a in config.alpha_grid for k in ("smooth", "both")] + [(None, "rotate"), (None, "none")]
+    scores = {c: choice_error(w, x, x.abs().amax(0), config, c) for c in kinds}
+    assert (t.alpha, t.kind) in scores
+    assert scores[(t.alpha, t.kind)] == min(scores.values())
+    assert scores[(None, "none")] == pytest.approx(_error(fit_group(w, x, x.abs().amax(0), RECIPES["rtn"], config),
+                                                          x, w, config), rel=1e-3)
 
 
 def test_selection_never_does_worse_than_no_transform():

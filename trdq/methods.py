@@ -151,6 +151,16 @@ def fit_group(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, recipe: Re
     return min(candidates, key=lambda t: _error(t, x, w, ref, config))
 
 
+def choice_error(w: torch.Tensor, x: torch.Tensor, absmax: torch.Tensor, config: QuantConfig,
+                 choice: Choice, group: int = 0) -> float:
+    """The score the search gives ``choice`` on one time group's statistics (arguments as in
+    :func:`fit_group`): the mean squared error of the quantized layer's output against ``x w^T``.
+    Lower is better; the search keeps the lowest."""
+    w = w.detach().double().cpu()
+    t = fit_group(w, x, absmax, recipe_for(config), config, group, choice)
+    return _error(t, x, w, x.float() @ w.float().T, config)
+
+
 def fit_layer(w: torch.Tensor, observer: InputObserver, config: QuantConfig,
               choices: list[Choice] | None = None) -> list[GroupTransform]:
     """One transform per time group for a layer, from its calibration statistics (and, given

@@ -7,6 +7,8 @@ import trdq
 from analysis import examples
 from analysis.compare import CALIBRATION, DEFAULT_SLOTS, calibration_prompts, default_config
 from trdq.api import choices_of
+from trdq.methods import choice_error
+from trdq.siblings import input_siblings
 
 PROMPTS = ["a large red circle in the center", "a small blue star on the left"]
 
@@ -35,12 +37,29 @@ def test_shipped_choices_are_used_only_for_their_weights_calibration_and_config(
 
 @pytest.mark.slow
 def test_the_shipped_choices_are_what_the_search_chooses_now(shapes_t2i):
-    """Guards the app's fast default: re-run `python -m analysis examples` when this fails."""
+    """Guards the app's fast default: re-run `python -m analysis examples` when this fails.
+
+    The search keeps the lowest of float scores, and a CPU of another instruction set rounds the
+    calibration a little differently, so where two candidates score within a hair of each other
+    either may win. The shipped choices must be a fresh search's except at such near-ties: a few
+    layer-groups at most, each scoring within 2% of the fresh winner on this machine's statistics."""
     prompts = calibration_prompts(shapes_t2i, CALIBRATION["shapes-t2i"])
     searching = [default_config(m, b) for m, b in DEFAULT_SLOTS if examples.searches(default_config(m, b))]
     assert searching
     prepared = trdq.calibrate(trdq.prepare(shapes_t2i, searching[0]), prompts)
+    siblings = {m: members for members in input_siblings(prepared.transformer, prepared.layers) for m in members}
     for config in searching:
+        assert config.time_groups == prepared.config.time_groups  # one calibration serves them all
         shipped = examples.load_choices("shapes-t2i", config, shapes_t2i, prompts)
         assert shipped is not None, f"no shipped choices for {config.method} {config.bits}"
-        assert shipped == choices_of(trdq.convert(prepared, config))
+        fresh = choices_of(trdq.convert(prepared, config))
+        assert sorted(shipped) == sorted(fresh)
+        differing = [(name, g) for name in fresh for g, c in enumerate(fresh[name]) if shipped[name][g] != c]
+        assert len(differing) <= 0.02 * sum(map(len, fresh.values())), differing
+        for name, g in differing:
+            members = siblings.get(name, (name,))
+            w = torch.cat([prepared.layers[m].weight for m in members])
+            observer = prepared.calibration.observers[members[0]]
+            x, absmax = observer.sample(g), observer.absmax[g]
+            best = choice_error(w, x, absmax, config, fresh[name][g], g)
+            assert choice_error(w, x, absmax, config, shipped[name][g], g) <= 1.02 * best, (name, g)
